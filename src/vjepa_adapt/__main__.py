@@ -1,0 +1,3 @@
+from vjepa_adapt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,418 @@
+"""The typed config schema of the whole pipeline, and its layering.
+
+Layers, later wins: the schema defaults below ← a packaged preset or experiment YAML (``--config``)
+← ``key.sub=value`` overrides on the command line. Every section forbids unknown keys and checks
+types, so a misspelt key or a bad value fails at load with a one-line message that names the field
+(``ConfigError``). YAML holds values; this file is the only place that defines what a field means.
+Field names equal the keyword arguments of the functions they feed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vjepa_adapt.errors import ConfigError
+
+PRESETS_PACKAGE = "vjepa_adapt.configs"
+
+
+class Section(BaseModel):
+    # extra="forbid": a misspelt key is an error, never a silent fallback to a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+Fraction = float  # documented range checked by validators below
+
+
+class RunConfig(Section):
+    out: str = "runs/demo"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    num_workers: int = Field(0, ge=0)
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = leave torch's default")
+
+
+class SynthConfig(Section):
+    """The procedural street world (embedded default and test oracle)."""
+
+    source_clips: int = Field(160, ge=0)
+    target_clips: int = Field(240, ge=1)
+    width: int = Field(128, ge=32)
+    height: int = Field(96, ge=32)
+    num_frames: int = Field(32, ge=4)
+    fps: float = Field(16.0, gt=0)
+    clips_per_video: int = Field(4, ge=1)
+    seed: int = 0
+
+
+class DataConfig(Section):
+    clips: str | None = Field(None, description="folder, manifest (.csv/.jsonl) or shard pattern; None = synth output")
+    num_frames: int = Field(16, ge=2)
+    fps_stride: float | None = Field(None, gt=0)
+    clip_seconds: float | None = Field(None, gt=0, description="cut long videos into clips of this length")
+    size: int = Field(64, ge=16, description="model input crop (pixels); the RoPE grid follows it")
+    split_ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_seed: int = 0
+    max_bad_fraction: float = Field(0.2, ge=0, le=1)
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 1.35)
+    flip_prob: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("split_ratios")
+    @classmethod
+    def _ratios(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r <= 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"must be three positive shares summing to 1 (train, val, test), got {list(v)}")
+        return v
+
+    @field_validator("crop_scale", "crop_ratio")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"must be [low, high] with 0 < low <= high, got {list(v)}")
+        return v
+
+
+class ModelConfig(Section):
+    preset: Literal["tiny", "vitl-256", "vith-256", "vitg-256", "vitg-384"] = "tiny"
+    weights: str | None = Field(
+        None, description="Hub id, HF folder, official .pt or our checkpoint; None = random init (demo: base)"
+    )
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    min_loaded_fraction: float = Field(0.99, ge=0, le=1)
+    predictor_mask_index: int | None = Field(None, ge=0, description="None = the index the weights were trained with")
+
+
+class MaskGenerator(Section):
+    num_blocks: int = Field(ge=1)
+    spatial_scale: float = Field(gt=0, le=1)
+    aspect_ratio: tuple[float, float] = (0.75, 1.5)
+
+
+class MaskingConfig(Section):
+    kind: Literal["multiblock", "motion_guided"] = "multiblock"
+    generators: list[MaskGenerator] = Field(
+        default_factory=lambda: [
+            MaskGenerator(num_blocks=8, spatial_scale=0.15),
+            MaskGenerator(num_blocks=2, spatial_scale=0.70),
+        ]
+    )
+
+    @field_validator("generators")
+    @classmethod
+    def _nonempty(cls, v: list[MaskGenerator]) -> list[MaskGenerator]:
+        if not v:
+            raise ValueError("needs at least one mask generator")
+        return v
+
+
+class MotionConfig(Section):
+    backend: Literal["farneback", "dis", "raft"] = "farneback"
+    num_pairs: int = Field(16, ge=1)
+    num_classes: int = Field(8, ge=2)
+    min_count_per_split: int = Field(3, ge=1)
+    magnitude: Literal["foreground", "total"] = "foreground"
+    aux_dims: Literal[13, 23] = 13
+
+
+class TagConfig(Section):
+    backend: Literal["heuristic", "hf", "openai"] = "heuristic"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    num_frames: int = Field(4, ge=1)
+    max_new_tokens: int = Field(512, ge=16)
+    timeout_s: float = Field(60.0, gt=0)
+    max_default_fraction: float = Field(0.5, ge=0, le=1)
+    taxonomy: str | None = Field(None, description="taxonomy YAML; None = packaged")
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> TagConfig:
+        if self.backend == "hf" and not self.model:
+            raise ValueError("tag.model: required when tag.backend=hf (a Hub id or local folder of a Qwen-VL/SmolVLM)")
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("tag.base_url: required when tag.backend=openai (e.g. http://localhost:8000/v1)")
+        return self
+
+
+class EmbedConfig(Section):
+    pooled_tokens: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1)
+    chunk_size: int = Field(64, ge=1, description="clips per resumable chunk on disk")
+    baselines: list[Literal["random_init", "frame_shuffled"]] = Field(
+        default_factory=lambda: ["random_init", "frame_shuffled"]
+    )
+
+
+class ProbeConfig(Section):
+    kind: Literal["attentive", "linear"] = "attentive"
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(20, ge=1)
+    depth: int = Field(1, ge=0)
+    num_heads: int = Field(4, ge=1)
+    sweep: list[tuple[float, float]] | None = Field(None, description="[[lr, wd], ...] chosen on val")
+    bootstrap_resamples: int = Field(10000, ge=100)
+    seed: int = 0
+
+
+class Stage(Section):
+    """One stage of progressive training: what trains, on what data, for how long."""
+
+    name: str
+    steps: int = Field(ge=1)
+    unfreeze_fraction: float = Field(1.0, ge=0, le=1, description="train blocks [0, fraction×depth); 0 = heads only")
+    mixture: dict[str, float] = Field(default_factory=lambda: {"raw": 1.0})
+
+    @field_validator("mixture")
+    @classmethod
+    def _mixture(cls, v: dict[str, float]) -> dict[str, float]:
+        allowed = {"raw", "layout", "agent", "interaction"}
+        bad = set(v) - allowed
+        if bad:
+            raise ValueError(f"unknown data stream(s) {sorted(bad)}; allowed: {sorted(allowed)}")
+        if any(s < 0 for s in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError(f"shares must be >= 0 and sum to 1, got {v}")
+        return v
+
+
+class TrainConfig(Section):
+    """The one trainer: pretrain, surgery and head-only arms differ only by these values."""
+
+    mode: Literal["jepa", "head_only"] = "jepa"
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    final_lr: float = Field(1e-6, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.04, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0)
+    teacher: Literal["ema", "frozen"] = "ema"
+    ema_momentum: tuple[float, float] = (0.99925, 0.99925)
+    motion_aux_weight: float = Field(0.1, ge=0)
+    aux_lr_mult: float = Field(10.0, gt=0)
+    l2_anchor: list[float] = Field(default_factory=lambda: [0.0], description="λ values; one arm per value")
+    freeze_below: int = Field(0, ge=0, description="freeze blocks below this index (norms stay trainable)")
+    stages: list[Stage] | None = Field(None, description="progressive unfreezing; None = one stage of all steps")
+    eval_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    keep_last: int = Field(2, ge=1)
+    resume: str = Field("auto", description="auto | none | path to a checkpoint")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"train.warmup_steps: {self.warmup_steps} exceeds train.steps={self.steps}")
+        if any(m < 0 or m > 1 for m in self.ema_momentum):
+            raise ValueError(f"train.ema_momentum: values must be in [0, 1], got {list(self.ema_momentum)}")
+        if any(lam < 0 for lam in self.l2_anchor) or not self.l2_anchor:
+            raise ValueError(f"train.l2_anchor: needs one or more λ >= 0, got {self.l2_anchor}")
+        if self.stages is not None and sum(s.steps for s in self.stages) != self.steps:
+            total = sum(s.steps for s in self.stages)
+            raise ValueError(f"train.stages: stage steps sum to {total} but train.steps={self.steps}")
+        return self
+
+
+class BaseModelConfig(Section):
+    """Demo only: the tiny stand-in for Meta's weights, pretrained by us on the source style."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(30, ge=0)
+
+
+class ArmsConfig(Section):
+    pretrain: bool = True
+    pretrain_head: bool = True
+    head_only_steps: int = Field(150, ge=1)
+    head_only_lr: float = Field(1e-3, gt=0)
+
+
+class SegmentConfig(Section):
+    """Ch 11 segment (not built yet; the fields are the SPEC's parameters)."""
+
+    backend: Literal["classical", "sam3"] = "classical"
+    iou_threshold: float = Field(0.3, gt=0, le=1)
+    max_gap: int = Field(2, ge=0)
+    agent_min_frames: int = Field(4, ge=1)
+    interaction_distance: float = Field(0.2, gt=0, description="× frame width")
+
+
+class FactorsConfig(Section):
+    """Ch 11 factorize (not built yet)."""
+
+    max_agent_coverage_layout: float = Field(0.7, ge=0, le=1)
+    min_agent_coverage_agent: float = Field(0.05, ge=0, le=1)
+    materialise: bool = True
+
+
+class ReportConfig(Section):
+    reference_arm: str = "frozen"
+
+
+class PipelineConfig(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    motion: MotionConfig = Field(default_factory=MotionConfig)
+    tag: TagConfig = Field(default_factory=TagConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    base: BaseModelConfig = Field(default_factory=BaseModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    arms: ArmsConfig = Field(default_factory=ArmsConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    factors: FactorsConfig = Field(default_factory=FactorsConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _cross(self) -> PipelineConfig:
+        if self.model.preset != "tiny" and self.data.size % 16:
+            raise ValueError(f"data.size: {self.data.size} must be a multiple of the patch size 16 for {self.model.preset}")
+        if self.data.num_frames % 2:
+            raise ValueError(f"data.num_frames: {self.data.num_frames} must be even (tubelet size 2)")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and layering
+
+
+def packaged_presets() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(PRESETS_PACKAGE).iterdir() if p.name.endswith(".yaml")
+                  and p.name != "taxonomy.yaml")
+
+
+def _read_yaml(ref: str) -> dict[str, Any]:
+    """``ref`` is a packaged preset name (``demo``) or a path to a YAML file."""
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise ConfigError(f"config file not found: {ref}")
+        text = path.read_text(encoding="utf-8")
+    else:
+        res = resources.files(PRESETS_PACKAGE) / f"{ref}.yaml"
+        if not res.is_file():
+            raise ConfigError(f"unknown preset {ref!r}; packaged presets: {', '.join(packaged_presets())} (or a .yaml path)")
+        text = res.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{ref}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{ref}: top level must be a mapping of sections")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``probe.lr=1e-3`` → (['probe', 'lr'], 0.001). Values are parsed as YAML scalars/lists."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. probe.lr=1e-3")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r}: empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads 1e-3 as a string (no dot); numbers in scientific notation are common here.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            pass
+    return parts, value
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(preset_or_path: str | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Defaults ← preset/YAML ← overrides, validated. Raises ConfigError (one line, names the field)."""
+    data: dict[str, Any] = {}
+    if preset_or_path:
+        data = _read_yaml(preset_or_path)
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            if not isinstance(child, dict):
+                child = {}
+                node[p] = child
+            node = child
+        node[parts[-1]] = value
+    return validate_config(data)
+
+
+def validate_config(data: dict[str, Any]) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """One line per problem (first problem first), each naming the dotted field."""
+    msgs = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msgs.append(f"{loc}: unknown key{_allowed_hint(err['loc'])}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) or got is None or kind.startswith("value_error") else f" (got {got!r})"
+        names_field = "." in msg.split(":", 1)[0] and " " not in msg.split(":", 1)[0]
+        msgs.append(f"{msg}{shown}" if names_field or not loc else f"{loc}: {msg}{shown}")
+    return "config error: " + "; ".join(msgs)
+
+
+def _allowed_hint(loc: tuple[Any, ...]) -> str:
+    model: Any = PipelineConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            return ""
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if model is None:
+            return ""
+    return f" (allowed: {', '.join(model.model_fields)})"
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a config subtree (or any JSON-able value)."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,210 @@
+"""The stage graph: which stage needs which outputs, when a stage can be skipped, and running it.
+
+Every stage writes into ``<run>/<folder>/`` and finishes by writing ``stage.json``:
+``{"stage", "status": "complete", "hash", "inputs", "config", "versions", "done", "skipped": [{clip, reason}],
+"seconds", "extra"}``. A stage's hash covers the config sections it reads, its input fingerprint and the
+hashes of the stages it needs, so
+
+* a finished stage with the same hash is skipped,
+* a changed setting changes the hash of the stages that read it and, through them, of every
+  stage downstream — exactly those re-run,
+* an interrupted stage has no complete ``stage.json`` (it is written last, atomically), so it runs
+  again; stages that can resume (embed chunks, trainer checkpoints) pick up their own partial work.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vjepa_adapt import storage
+from vjepa_adapt.config import PipelineConfig, config_hash, dump_config
+from vjepa_adapt.progress import get_logger
+from vjepa_adapt.stage_result import StageResult
+
+STAGE_FILE = "stage.json"
+log = get_logger("pipeline")
+
+
+@dataclass
+class StageContext:
+    cfg: PipelineConfig
+    run_dir: Path
+    out_dir: Path
+    folders: dict[str, Path]
+
+    def path_of(self, stage: str) -> Path:
+        """The output folder of an upstream stage."""
+        return self.folders[stage]
+
+
+@dataclass
+class StageSpec:
+    name: str
+    run: Callable[[StageContext], StageResult]
+    needs: list[str] = field(default_factory=list)
+    reads: list[str] = field(default_factory=list)  # dotted config paths, e.g. ["data", "probe.lr"]
+    inputs: Callable[[PipelineConfig], Any] | None = None  # fingerprint of files read from outside the run
+    folder: str | None = None  # default: the stage name
+
+    @property
+    def dirname(self) -> str:
+        return self.folder or self.name
+
+
+def _config_subset(cfg: PipelineConfig, paths: list[str]) -> dict[str, Any]:
+    dumped = cfg.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for p in paths:
+        node: Any = dumped
+        for part in p.split("."):
+            node = node[part]
+        out[p] = node
+    return out
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("vjepa-adapt", "torch", "transformers", "numpy", "av", "opencv-python-headless"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+class StageGraph:
+    def __init__(self, specs: list[StageSpec]):
+        self.specs = {s.name: s for s in specs}
+        for s in specs:
+            for n in s.needs:
+                if n not in self.specs:
+                    raise ValueError(f"stage {s.name!r} needs unknown stage {n!r}")
+        self._order = self._topological()
+
+    def _topological(self) -> list[str]:
+        order: list[str] = []
+        state: dict[str, int] = {}
+
+        def visit(n: str) -> None:
+            if state.get(n) == 2:
+                return
+            if state.get(n) == 1:
+                raise ValueError(f"stage graph has a cycle through {n!r}")
+            state[n] = 1
+            for m in self.specs[n].needs:
+                visit(m)
+            state[n] = 2
+            order.append(n)
+
+        for n in self.specs:
+            visit(n)
+        return order
+
+    def upstream(self, targets: list[str]) -> list[str]:
+        """Targets and everything they need, in run order."""
+        want: set[str] = set()
+
+        def add(n: str) -> None:
+            if n not in self.specs:
+                raise KeyError(n)
+            if n not in want:
+                want.add(n)
+                for m in self.specs[n].needs:
+                    add(m)
+
+        for t in targets:
+            add(t)
+        return [n for n in self._order if n in want]
+
+    def hashes(self, cfg: PipelineConfig) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for n in self._order:
+            s = self.specs[n]
+            out[n] = config_hash(
+                {
+                    "stage": n,
+                    "config": _config_subset(cfg, s.reads),
+                    "inputs": s.inputs(cfg) if s.inputs else None,
+                    "needs": {m: out[m] for m in s.needs},
+                }
+            )
+        return out
+
+    def run(
+        self,
+        cfg: PipelineConfig,
+        run_dir: str | Path,
+        targets: list[str] | None = None,
+        force: list[str] | None = None,
+    ) -> dict[str, str]:
+        """Run ``targets`` (default: all) and what they need. Returns {stage: 'ran'|'cached'}."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # The resolved config lands in the run folder before any work.
+        storage.write_text(run_dir / "config.yaml", dump_config(cfg))
+        hashes = self.hashes(cfg)
+        folders = {n: run_dir / s.dirname for n, s in self.specs.items()}
+        outcome: dict[str, str] = {}
+        for n in self.upstream(targets or list(self.specs)):
+            spec = self.specs[n]
+            out_dir = folders[n]
+            if n not in (force or []) and is_complete(out_dir, hashes[n]):
+                log.info(f"{n}: up to date, skipped")
+                outcome[n] = "cached"
+                continue
+            out_dir.mkdir(parents=True, exist_ok=True)
+            storage.remove_stale_temps(out_dir)
+            stale = out_dir / STAGE_FILE
+            if stale.exists():
+                stale.unlink()  # a changed stage is not 'complete' until it finishes again
+            log.info(f"{n}: running")
+            t0 = time.perf_counter()
+            result = spec.run(StageContext(cfg=cfg, run_dir=run_dir, out_dir=out_dir, folders=folders))
+            seconds = time.perf_counter() - t0
+            write_stage_record(out_dir, n, hashes[n], spec, cfg, result, seconds)
+            log.info(f"{n}: done={result.done} skipped={len(result.skipped)} in {seconds:.1f}s")
+            outcome[n] = "ran"
+        return outcome
+
+
+def write_stage_record(
+    out_dir: Path, name: str, hash_: str, spec: StageSpec, cfg: PipelineConfig, result: StageResult, seconds: float
+) -> None:
+    storage.write_json(
+        out_dir / STAGE_FILE,
+        {
+            "stage": name,
+            "status": "complete",
+            "hash": hash_,
+            "needs": spec.needs,
+            "inputs": spec.inputs(cfg) if spec.inputs else None,
+            "config": _config_subset(cfg, spec.reads),
+            "versions": _versions(),
+            "done": result.done,
+            "skipped": [{"clip": s.clip, "reason": s.reason} for s in result.skipped],
+            "seconds": round(seconds, 3),
+            "extra": result.extra,
+        },
+    )
+
+
+def read_stage_record(out_dir: str | Path) -> dict[str, Any] | None:
+    p = Path(out_dir) / STAGE_FILE
+    if not p.exists():
+        return None
+    try:
+        return storage.read_json(p)
+    except ValueError:
+        return None
+
+
+def is_complete(out_dir: str | Path, hash_: str) -> bool:
+    rec = read_stage_record(out_dir)
+    return bool(rec) and rec.get("status") == "complete" and rec.get("hash") == hash_

@@ -1,0 +1,43 @@
+"""Progress bars and log lines: one place decides how loud the toolkit is.
+
+Bars are shown on an interactive terminal and hidden under CI (``CI`` set) or when
+``VJEPA_ADAPT_QUIET=1``; log lines always go to stderr through the ``vjepa_adapt`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_LOGGER_NAME = "vjepa_adapt"
+
+
+def quiet() -> bool:
+    return bool(os.environ.get("CI")) or os.environ.get("VJEPA_ADAPT_QUIET") == "1" or not sys.stderr.isatty()
+
+
+def get_logger(name: str = "") -> logging.Logger:
+    """A child of the package logger; configured once with a plain one-line format."""
+    root = logging.getLogger(_LOGGER_NAME)
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+    return root.getChild(name) if name else root
+
+
+def progress(iterable: Iterable[T], desc: str = "", total: int | None = None, unit: str = "it") -> Iterator[T]:
+    """Wrap a long loop in a tqdm bar unless running quietly."""
+    if quiet():
+        yield from iterable
+        return
+    from tqdm.auto import tqdm
+
+    yield from tqdm(iterable, desc=desc, total=total, unit=unit, dynamic_ncols=True, leave=False)

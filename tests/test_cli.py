@@ -1,0 +1,46 @@
+"""The CLI surface: help lists every subcommand; user errors are one line; unbuilt stages say so."""
+
+import subprocess
+import sys
+
+import pytest
+
+from vjepa_adapt.cli import STAGES, main
+
+ALL = list(STAGES) + ["run", "demo"]
+
+
+def test_help_lists_all_subcommands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name in ALL:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_each_subcommand_has_help(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([name, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--out" in out and "--clips" in out
+
+
+def test_bad_config_key_is_one_line_no_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "vjepa_adapt", "probe", "--out", "x", "probe.lrr=3"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: config error: probe.lrr: unknown key (allowed: kind, lr, weight_decay, batch_size, epochs, "
+        "depth, num_heads, sweep, bootstrap_resamples, seed)"
+    ]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["segment", "factorize", "surgery", "report"])
+def test_unbuilt_stages_say_so_and_fail(name, capsys):
+    assert main([name, "--out", "x"]) == 3
+    assert "not built" in capsys.readouterr().err
