@@ -1,9 +1,51 @@
-"""Clip records and clip sources (folders, manifests, WebDataset shards) and splits by source video."""
+"""Clip records and clip sources (folders, manifests, WebDataset shards) and splits by source video.
+
+Sources ``load_clips`` understands:
+- **a folder** (searched recursively) of .mp4/.avi/.mkv/.webm/.mov files. ``clip_id`` is the path
+  relative to the folder without its suffix, '/' replaced by '__'; ``video_id = clip_id`` (a folder
+  carries no grouping; use a manifest to say which clips come from one source video). Hidden files
+  are ignored. A folder holding no videos but ``.tar`` files is read as a folder of shards.
+- **a manifest**: ``.csv`` (header row) or ``.jsonl`` with ``clip_id``, ``path`` and optionally
+  ``video_id`` (default: the clip_id), ``start``/``end`` (seconds). Relative paths are resolved
+  against the manifest's folder; every other column goes to ``Clip.meta``.
+- **WebDataset tar shards**: one ``.tar``, a glob, or a brace pattern such as
+  ``shards/train-{000000..000009}.tar``. A sample is ``<key>.<video ext>`` plus an optional
+  ``<key>.json`` with clip_id / video_id / start / end (+ extra keys -> meta). ``Clip.path`` is
+  ``<shard.tar>#<member>``; ``open_clip`` returns that member's bytes. Members with absolute or
+  '..' paths, and links, are skipped with a logged reason.
+- **hf://datasets/<owner>/<name>[@revision]/<path in repo>**: downloaded with huggingface_hub
+  (cache honoured), then read as one of the above.
+
+Splits are made by source video: every clip of a video lands in the same split (see make_splits).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import csv
+import functools
+import glob
+import io
+import json
+import os
+import re
+import tarfile
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+import numpy as np
+
+from vjepa_adapt import storage
+from vjepa_adapt.errors import UserError
+from vjepa_adapt.progress import get_logger
+
+log = get_logger("data.clips")
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+SPLITS = ("train", "val", "test")
+_TAR_MARK = ".tar#"
 
 
 @dataclass(frozen=True)
@@ -21,3 +63,519 @@ class Clip:
     start: float | None = None
     end: float | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+class ClipSourceError(UserError):
+    """A clip source (folder, manifest, shard pattern, hf:// URL) that cannot be read."""
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def load_clips(source: str | os.PathLike) -> list[Clip]:
+    """All clips of a folder, manifest (.csv/.jsonl), tar shard(s) or hf:// URL (see module doc)."""
+    text = os.fspath(source)
+    if text.startswith("hf://"):
+        return load_clips(download_hf_source(text))
+    path = Path(text)
+    if path.is_dir():
+        clips = _load_folder(path)
+        if not clips:
+            tars = sorted(p for p in path.rglob("*.tar") if not p.name.startswith("."))
+            if tars:
+                clips = _load_shards([str(p) for p in tars])
+    elif path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            clips = _load_csv_manifest(path)
+        elif suffix in (".jsonl", ".json"):
+            clips = _load_jsonl_manifest(path)
+        elif suffix == ".tar":
+            clips = _load_shards([text])
+        elif suffix in VIDEO_EXTENSIONS:
+            clips = [Clip(clip_id=path.stem, path=str(path), video_id=path.stem)]
+        else:
+            raise ClipSourceError(f"{text}: not a folder, manifest (.csv/.jsonl), .tar shard or video file")
+    elif any(ch in text for ch in "*?[{"):
+        clips = _load_shards(expand_shard_pattern(text))
+    else:
+        raise ClipSourceError(f"clip source {text!r} does not exist")
+    if not clips:
+        raise ClipSourceError(f"no clips found in {text}")
+    _check_unique_ids(clips, text)
+    return clips
+
+
+def _check_unique_ids(clips: Sequence[Clip], where: str) -> None:
+    counts = Counter(c.clip_id for c in clips)
+    dupes = [k for k, n in counts.items() if n > 1]
+    if dupes:
+        raise ClipSourceError(f"{where}: duplicate clip_id {dupes[:5]} ({len(dupes)} in all); clip ids must be unique")
+
+
+def _load_folder(folder: Path) -> list[Clip]:
+    clips = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if name.startswith(".") or p.suffix.lower() not in VIDEO_EXTENSIONS:
+                continue
+            rel = p.relative_to(folder).with_suffix("").as_posix()
+            clip_id = rel.replace("/", "__")
+            clips.append(Clip(clip_id=clip_id, path=str(p), video_id=clip_id))
+    clips.sort(key=lambda c: c.clip_id)
+    return clips
+
+
+def _parse_time(value: Any, where: str, column: str) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    try:
+        t = float(value)
+    except (TypeError, ValueError) as e:
+        raise ClipSourceError(f"{where}: {column}={value!r} is not a number of seconds") from e
+    if not np.isfinite(t) or t < 0:
+        raise ClipSourceError(f"{where}: {column}={value!r} must be a finite number >= 0")
+    return t
+
+
+def _clip_from_row(row: dict[str, Any], base: Path, where: str) -> Clip:
+    missing = [k for k in ("clip_id", "path") if row.get(k) in (None, "")]
+    if missing:
+        raise ClipSourceError(f"{where}: missing {', '.join(missing)}")
+    clip_id = str(row["clip_id"])
+    raw_path = str(row["path"])
+    if _TAR_MARK in raw_path:
+        tar, member = raw_path.split(_TAR_MARK, 1)
+        path = f"{_resolve(tar + '.tar', base)}#{member}"
+    else:
+        path = _resolve(raw_path, base)
+    video_id = str(row["video_id"]) if row.get("video_id") not in (None, "") else clip_id
+    start = _parse_time(row.get("start"), where, "start")
+    end = _parse_time(row.get("end"), where, "end")
+    if start is not None and end is not None and end <= start:
+        raise ClipSourceError(f"{where}: end ({end}) must be after start ({start})")
+    meta = {k: v for k, v in row.items() if k not in ("clip_id", "path", "video_id", "start", "end")}
+    return Clip(clip_id=clip_id, path=path, video_id=video_id, start=start, end=end, meta=meta)
+
+
+def _resolve(path: str, base: Path) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else base / p)
+
+
+def _load_csv_manifest(path: Path) -> list[Clip]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"clip_id", "path"} <= set(reader.fieldnames):
+            raise ClipSourceError(f"{path}: a CSV manifest needs a header with clip_id and path columns")
+        return [_clip_from_row(row, path.parent, f"{path}:{i + 2}") for i, row in enumerate(reader)]
+
+
+def _load_jsonl_manifest(path: Path) -> list[Clip]:
+    clips = []
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ClipSourceError(f"{path}:{i}: not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise ClipSourceError(f"{path}:{i}: each line must be a JSON object")
+            clips.append(_clip_from_row(row, path.parent, f"{path}:{i}"))
+    return clips
+
+
+# ----------------------------------------------------------------------------------- shards
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand ``{000..003}`` (zero-padded numeric ranges) and ``{a,b}`` alternatives, in order."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    head, body, tail = pattern[: m.start()], m.group(1), pattern[m.end():]
+    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if rng:
+        lo, hi = int(rng.group(1)), int(rng.group(2))
+        width = len(rng.group(1))
+        step = 1 if hi >= lo else -1
+        options = [f"{i:0{width}d}" for i in range(lo, hi + step, step)]
+    else:
+        options = body.split(",")
+    return [out for opt in options for out in expand_braces(head + opt + tail)]
+
+
+def expand_shard_pattern(pattern: str) -> list[str]:
+    """Shard paths from a brace pattern and/or glob; every brace-expanded path must exist."""
+    paths: list[str] = []
+    for expanded in expand_braces(pattern):
+        if any(ch in expanded for ch in "*?["):
+            paths.extend(sorted(glob.glob(expanded)))
+        elif os.path.isfile(expanded):
+            paths.append(expanded)
+        else:
+            raise ClipSourceError(f"shard {expanded} (from {pattern}) does not exist")
+    if not paths:
+        raise ClipSourceError(f"no shard matches {pattern}")
+    return paths
+
+
+def unsafe_member_reason(name: str) -> str | None:
+    """Why a tar member path must not be used (absolute, '..', empty), or None when it is fine."""
+    if not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "absolute path"
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        return "'..' in path"
+    return None
+
+
+@dataclass(frozen=True)
+class _Member:
+    offset: int
+    size: int
+
+
+@functools.lru_cache(maxsize=64)
+def _tar_index(tar_path: str, mtime_ns: int) -> dict[str, _Member]:
+    """Regular-file members of a tar and where their bytes sit (cached per file version)."""
+    del mtime_ns  # part of the cache key only: a rewritten shard is re-indexed
+    index = {}
+    try:
+        with tarfile.open(tar_path, mode="r:") as tf:
+            for info in tf:
+                if info.isfile():
+                    index[info.name] = _Member(info.offset_data, info.size)
+    except (tarfile.TarError, OSError) as e:
+        raise ClipSourceError(f"{tar_path}: not a readable (uncompressed) tar shard ({e})") from e
+    return index
+
+
+def scan_shard(tar_path: str) -> tuple[list[Clip], list[tuple[str, str]]]:
+    """Clips of one WebDataset shard, and ``(member, reason)`` for every member that was skipped."""
+    groups: dict[str, dict[str, str]] = defaultdict(dict)  # key -> ext -> member name
+    records: dict[str, bytes] = {}  # json member name -> its bytes
+    rejected: list[tuple[str, str]] = []
+    try:
+        with tarfile.open(tar_path, mode="r:") as tf:
+            for info in tf:
+                if info.isdir():
+                    continue
+                reason = unsafe_member_reason(info.name)
+                if reason is None and not info.isfile():
+                    reason = "not a regular file (link or device)"
+                if reason is not None:
+                    rejected.append((info.name, reason))
+                    continue
+                parent, _, base = info.name.rpartition("/")
+                stem, dot, ext = base.partition(".")  # WebDataset: the key ends at the first dot
+                if base.startswith(".") or not dot:
+                    rejected.append((info.name, "not a <key>.<ext> sample file"))
+                    continue
+                key = f"{parent}/{stem}" if parent else stem
+                groups[key][ext.lower()] = info.name
+                if ext.lower() == "json":
+                    fh = tf.extractfile(info)
+                    records[info.name] = fh.read() if fh else b""
+    except (tarfile.TarError, OSError) as e:
+        raise ClipSourceError(f"{tar_path}: not a readable (uncompressed) tar shard ({e})") from e
+    clips = []
+    for key, files in groups.items():
+        videos = sorted(ext for ext in files if "." + ext in VIDEO_EXTENSIONS)
+        if not videos:
+            if "json" in files:
+                rejected.append((files["json"], "sample has no video member"))
+            continue
+        record: Any = {}
+        if "json" in files:
+            try:
+                record = json.loads(records[files["json"]].decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                rejected.append((files["json"], f"bad JSON ({e})"))
+                continue
+            if not isinstance(record, dict):
+                rejected.append((files["json"], "JSON is not an object"))
+                continue
+        record.setdefault("clip_id", key.replace("/", "__"))
+        record["path"] = f"{tar_path}#{files[videos[0]]}"
+        clips.append(_clip_from_row(record, Path("."), f"{tar_path}#{key}"))
+    clips.sort(key=lambda c: c.clip_id)
+    return clips, rejected
+
+
+def _load_shards(paths: Iterable[str]) -> list[Clip]:
+    clips: list[Clip] = []
+    for tar_path in paths:
+        found, rejected = scan_shard(os.path.abspath(tar_path))
+        for member, reason in rejected:
+            log.warning("skipping member %s of %s: %s", member, tar_path, reason)
+        clips.extend(found)
+    return clips
+
+
+def split_tar_path(path: str) -> tuple[str, str] | None:
+    """``(tar path, member)`` for a ``<shard.tar>#<member>`` clip path, else None."""
+    i = path.find(_TAR_MARK)
+    if i < 0:
+        return None
+    return path[: i + len(".tar")], path[i + len(_TAR_MARK):]
+
+
+def open_clip(clip: Clip) -> str | bytes:
+    """What ``read_frames`` needs for a clip: its file path, or the bytes of its tar member.
+
+    Raises ``VideoError`` ('missing', 'unsafe_path') so a loader can skip the clip with a reason.
+    """
+    from vjepa_adapt.data.video import VideoError
+
+    parts = split_tar_path(clip.path)
+    if parts is None or os.path.isfile(clip.path):
+        return clip.path
+    tar_path, member = parts
+    reason = unsafe_member_reason(member)
+    if reason is not None:
+        raise VideoError("unsafe_path", f"{clip.path}: tar member refused ({reason})")
+    try:
+        index = _tar_index(tar_path, os.stat(tar_path).st_mtime_ns)
+    except FileNotFoundError as e:
+        raise VideoError("missing", f"shard {tar_path} does not exist") from e
+    except ClipSourceError as e:
+        raise VideoError("unreadable", str(e)) from e
+    entry = index.get(member)
+    if entry is None:
+        raise VideoError("missing", f"{tar_path} has no member {member}")
+    with open(tar_path, "rb") as fh:
+        fh.seek(entry.offset)
+        data = fh.read(entry.size)
+    if len(data) != entry.size:
+        raise VideoError("truncated", f"{clip.path}: shard ends inside this member")
+    return data
+
+
+def write_shards(clips: Sequence[Clip], pattern_or_dir: str | os.PathLike, max_per_shard: int = 1000,
+                 ) -> list[str]:
+    """Pack clips into WebDataset tar shards; returns the shard paths.
+
+    ``pattern_or_dir``: a folder (shards named ``shard-000000.tar``, ...) or a pattern with one
+    ``{}``-style or ``%``-style integer field, e.g. ``out/train-{:06d}.tar`` / ``out/train-%06d.tar``.
+    Each clip becomes ``<key>.<ext>`` (the source file's bytes, whole — a clip's start/end window is
+    kept in the JSON, nothing is re-encoded) + ``<key>.json``. Each shard is written atomically.
+    """
+    if max_per_shard < 1:
+        raise ValueError("max_per_shard must be >= 1")
+    target = os.fspath(pattern_or_dir)
+    if target.endswith(".tar"):
+        if "%" in target:
+            name_of = lambda i: target % i  # noqa: E731
+        elif "{" in target:
+            name_of = target.format
+        else:
+            raise ValueError(f"{target}: a shard pattern needs an index field such as {{:06d}} or %06d")
+    else:
+        name_of = lambda i: os.path.join(target, f"shard-{i:06d}.tar")  # noqa: E731
+    paths = []
+    used_keys: set[str] = set()
+    for shard_i, lo in enumerate(range(0, len(clips), max_per_shard)):
+        out = name_of(shard_i)
+        with storage.atomic_open(out, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for clip in clips[lo: lo + max_per_shard]:
+                key = _shard_key(clip.clip_id, used_keys)
+                data = open_clip(clip)
+                if isinstance(data, str):
+                    with open(data, "rb") as src:
+                        data = src.read()
+                ext = _video_suffix(clip.path)
+                record = {"clip_id": clip.clip_id, "video_id": clip.video_id, **clip.meta}
+                if clip.start is not None:
+                    record["start"] = clip.start
+                if clip.end is not None:
+                    record["end"] = clip.end
+                _add_member(tf, f"{key}{ext}", data)
+                _add_member(tf, f"{key}.json", json.dumps(record, default=storage._json_default).encode("utf-8"))
+        paths.append(out)
+    return paths
+
+
+def _shard_key(clip_id: str, used: set[str]) -> str:
+    # Keys may not contain '.' (WebDataset splits key and extension at the first dot) or '/'.
+    base = re.sub(r"[^A-Za-z0-9_-]", "_", clip_id) or "clip"
+    key, n = base, 1
+    while key in used:
+        key, n = f"{base}_{n}", n + 1
+    used.add(key)
+    return key
+
+
+def _video_suffix(path: str) -> str:
+    parts = split_tar_path(path)
+    name = parts[1] if parts else path
+    suffix = PurePosixPath(name).suffix.lower()
+    return suffix if suffix in VIDEO_EXTENSIONS else ".mp4"
+
+
+def _add_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # deterministic shards
+    info.mode = 0o644
+    tf.addfile(info, io.BytesIO(data))
+
+
+# ----------------------------------------------------------------------------------- hf://
+
+
+def parse_hf_url(url: str) -> tuple[str, str | None, str]:
+    """``hf://datasets/owner/name[@rev]/sub/path`` -> (repo_id, revision, sub/path)."""
+    m = re.fullmatch(r"hf://datasets/([^/@]+/[^/@]+)(?:@([^/]+))?(?:/(.*))?", url)
+    if not m:
+        raise ClipSourceError(f"{url}: expected hf://datasets/<owner>/<name>[@revision][/<path>]")
+    return m.group(1), m.group(2), (m.group(3) or "").strip("/")
+
+
+def download_hf_source(url: str) -> str:
+    """Download (or reuse from the cache) what an hf:// URL names; returns the local path."""
+    repo_id, revision, sub = parse_hf_url(url)
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError as e:
+        raise ClipSourceError(f"{url}: reading hf:// sources needs the huggingface_hub package") from e
+    has_glob = any(ch in sub for ch in "*?[{")
+    allow = None
+    if sub:
+        allow = expand_braces(sub) if has_glob else [sub, f"{sub}/*", f"{sub}/**"]
+    try:
+        root = huggingface_hub.snapshot_download(repo_id, repo_type="dataset", revision=revision,
+                                                 allow_patterns=allow)
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        raise ClipSourceError(
+            f"{url}: could not download from the Hugging Face Hub and nothing is cached "
+            f"(offline, wrong name, or a gated dataset without a token?): {e}") from e
+    return os.path.join(root, sub) if sub else root
+
+
+# ----------------------------------------------------------------------------------- windows
+
+
+def cut_into_clips(videos: Sequence[Clip], clip_seconds: float, stride_seconds: float | None = None,
+                   ) -> list[Clip]:
+    """Cut long videos into windows ``[t, t + clip_seconds)`` every ``stride_seconds`` (default: no overlap).
+
+    A tail shorter than ``clip_seconds`` is dropped. Window ids are ``<clip_id>__w<k:04d>``; every
+    window keeps its video's ``video_id`` so splits stay by source video. A video that cannot be
+    probed is skipped with a logged reason. If an input clip has a window itself, it is cut within it.
+    """
+    from vjepa_adapt.data.video import VideoError, probe_video
+
+    if clip_seconds <= 0:
+        raise ValueError("clip_seconds must be positive")
+    stride = clip_seconds if stride_seconds is None else stride_seconds
+    if stride <= 0:
+        raise ValueError("stride_seconds must be positive")
+    out: list[Clip] = []
+    for video in videos:
+        try:
+            duration = probe_video(open_clip(video), count_frames=False).duration
+        except VideoError as e:
+            log.warning("skipping %s: %s", video.clip_id, e)
+            continue
+        lo = video.start or 0.0
+        hi = min(video.end, duration) if video.end is not None else duration
+        k, t = 0, lo
+        while t + clip_seconds <= hi + 1e-6:
+            out.append(replace(video, clip_id=f"{video.clip_id}__w{k:04d}", start=round(t, 6),
+                               end=round(t + clip_seconds, 6), meta=dict(video.meta)))
+            k += 1
+            t = lo + k * stride
+    return out
+
+
+# ----------------------------------------------------------------------------------- splits
+
+
+def make_splits(clips: Sequence[Clip], ratios: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0,
+                labels: dict[str, str] | None = None) -> dict[str, str]:
+    """``clip_id -> 'train'|'val'|'test'``, by source video: a video's clips all go to one split.
+
+    Algorithm (deterministic for a seed):
+    1. Group clips by ``video_id``; a video's class is the majority label of its labelled clips
+       (ties -> the smaller label; no labels -> one shared group). Without ``labels`` there is one group.
+    2. Within each class, videos are shuffled with the seed. If the class has at least as many
+       videos as there are splits with a non-zero ratio, the first videos are dealt one to each
+       such split (so every class appears in train, val and test when possible).
+    3. The remaining videos, largest first (seeded order among equals), each go to the split with
+       the largest deficit ``ratio * clips_in_class - clips_given``, which keeps per-class
+       proportions near the ratios and hence the overall ratio too.
+    """
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
+        raise ValueError(f"ratios must be three non-negative numbers with a positive sum, got {ratios}")
+    total_ratio = float(sum(ratios))
+    shares = [r / total_ratio for r in ratios]
+    by_video: dict[str, list[str]] = defaultdict(list)
+    for clip in clips:
+        by_video[clip.video_id].append(clip.clip_id)
+    video_class: dict[str, str] = {}
+    for vid, ids in by_video.items():
+        votes = Counter(labels[c] for c in ids if labels and c in labels and labels[c] is not None)
+        if votes:
+            best = max(votes.values())
+            video_class[vid] = min(str(k) for k, v in votes.items() if v == best)
+        else:
+            video_class[vid] = ""
+    classes: dict[str, list[str]] = defaultdict(list)
+    for vid in sorted(by_video):
+        classes[video_class[vid]].append(vid)
+    rng = np.random.default_rng(seed)
+    active = [i for i, s in enumerate(shares) if s > 0]
+    assignment: dict[str, str] = {}
+    for cls in sorted(classes):
+        vids = [classes[cls][i] for i in rng.permutation(len(classes[cls]))]
+        size = {v: len(by_video[v]) for v in vids}
+        given = [0.0, 0.0, 0.0]
+        total = sum(size.values())
+        rest = vids
+        if len(vids) >= len(active):
+            for split_i, vid in zip(active, vids):
+                assignment[vid] = SPLITS[split_i]
+                given[split_i] += size[vid]
+            rest = vids[len(active):]
+        for vid in sorted(rest, key=lambda v: -size[v]):  # stable: seeded order among equal sizes
+            deficits = [shares[i] * total - given[i] if i in active else -np.inf for i in range(3)]
+            split_i = int(np.argmax(deficits))
+            assignment[vid] = SPLITS[split_i]
+            given[split_i] += size[vid]
+    return {cid: assignment[vid] for vid, ids in by_video.items() for cid in ids}
+
+
+def save_splits(path: str | os.PathLike, splits: dict[str, str]) -> None:
+    """Write ``clip_id,split`` rows (sorted by clip_id) atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["clip_id", "split"])
+    for clip_id in sorted(splits):
+        writer.writerow([clip_id, splits[clip_id]])
+    storage.write_text(path, buf.getvalue())
+
+
+def load_splits(path: str | os.PathLike) -> dict[str, str]:
+    """Read a file written by :func:`save_splits`; unknown split names are an error."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames != ["clip_id", "split"]:
+            raise ClipSourceError(f"{path}: expected a header 'clip_id,split', got {reader.fieldnames}")
+        out = {}
+        for i, row in enumerate(reader, start=2):
+            if row["split"] not in SPLITS:
+                raise ClipSourceError(f"{path}:{i}: split {row['split']!r} is not one of {SPLITS}")
+            out[row["clip_id"]] = row["split"]
+    return out
+
+
+def select_split(clips: Sequence[Clip], splits: dict[str, str], split: str) -> list[Clip]:
+    """The clips assigned to ``split`` (clips absent from ``splits`` are left out)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    return [c for c in clips if splits.get(c.clip_id) == split]
