@@ -119,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from vjepa_adapt.config import load_config
+    from vjepa_adapt.progress import silence_library_bars
+
+    silence_library_bars()
 
     if args.command == "synth":
         from vjepa_adapt import stages

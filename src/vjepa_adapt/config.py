@@ -117,7 +117,8 @@ class MaskingConfig(Section):
 
 
 class MotionConfig(Section):
-    backend: Literal["farneback", "dis", "raft"] = "farneback"
+    backend: Literal["farneback", "dis", "raft_small", "raft_large"] = "farneback"
+    max_side: int | None = Field(None, ge=16, description="downscale frames before flow; keep fixed per dataset")
     num_pairs: int = Field(16, ge=1)
     num_classes: int = Field(8, ge=2)
     min_count_per_split: int = Field(3, ge=1)
@@ -146,7 +147,9 @@ class TagConfig(Section):
 
 
 class EmbedConfig(Section):
-    pooled_tokens: int = Field(16, ge=1)
+    pooled_grid: tuple[int, int, int] = Field(
+        (1, 4, 4), description="token grid (T', H', W') pooled to this many tokens (default 16: time-averaged 4x4)"
+    )
     batch_size: int = Field(16, ge=1)
     chunk_size: int = Field(64, ge=1, description="clips per resumable chunk on disk")
     baselines: list[Literal["random_init", "frame_shuffled"]] = Field(

@@ -21,6 +21,14 @@ def quiet() -> bool:
     return bool(os.environ.get("CI")) or os.environ.get("VJEPA_ADAPT_QUIET") == "1" or not sys.stderr.isatty()
 
 
+def silence_library_bars() -> None:
+    """Hugging Face's own progress bars ("Writing model shards") follow our quiet setting."""
+    if quiet():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def get_logger(name: str = "") -> logging.Logger:
     """A child of the package logger; configured once with a plain one-line format."""
     root = logging.getLogger(_LOGGER_NAME)

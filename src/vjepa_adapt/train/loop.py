@@ -1,0 +1,431 @@
+"""The one trainer: continual JEPA pretraining, surgery stages and the head-only arms.
+
+What differs between arms is data in ``TrainConfig`` (mode, teacher rule, stages, λ), not code.
+Read top to bottom: set up → resume → for each step: stage, schedules, forward, backward,
+optimizer, regularisers, EMA, log, eval, checkpoint → export.
+
+Every schedule is a function of ``step``; the batch of a step (clips, augmentation, masks) is a
+function of (seed, step) too (see ``train/data.py``), so resume restores state and continues.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vjepa_adapt import dist, storage
+from vjepa_adapt.config import DataConfig, MaskingConfig, Stage, TrainConfig
+from vjepa_adapt.data.clips import Clip
+from vjepa_adapt.errors import NotBuiltError, UserError
+from vjepa_adapt.masking import MaskSpec, MultiblockMasker
+from vjepa_adapt.models.heads import MotionAuxHead
+from vjepa_adapt.models.vjepa import (
+    autocast_context,
+    encode_context,
+    encode_full,
+    export_encoder,
+    predict,
+    teacher_targets,
+    token_grid,
+)
+from vjepa_adapt.progress import get_logger, progress
+from vjepa_adapt.train import checkpoint as ckpt
+from vjepa_adapt.train.data import AuxTargets, ClipDataset, StepBatchSampler, build_eval_loader, build_train_loader
+from vjepa_adapt.train.losses import jepa_loss, motion_aux_loss
+from vjepa_adapt.train.optim import apply_schedule, build_param_groups, freeze_module
+from vjepa_adapt.train.optim import set_trainable as set_encoder_trainable
+from vjepa_adapt.train.regularizers import SPD, add_l2_anchor_grad_, ema_update, relative_drift, snapshot
+from vjepa_adapt.train.schedules import ema_momentum, warmup_cosine
+
+log = get_logger("train")
+
+
+class TrainingError(UserError):
+    """The run cannot continue (e.g. a non-finite loss); the last good checkpoint is intact."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_step: int
+    best_score: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# The student: everything that receives gradient, behind one forward (DDP wraps this module).
+
+
+class Student(nn.Module):
+    def __init__(self, model: nn.Module, head: MotionAuxHead | None, mode: str, mask_index: int):
+        super().__init__()
+        self.model, self.head = model, head  # model: the full VJEPA2Model (encoder + predictor + config)
+        self.mode, self.mask_index = mode, mask_index
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model.encoder
+
+    @property
+    def predictor(self) -> nn.Module:
+        return self.model.predictor
+
+    def forward(self, video: torch.Tensor, masks: list | None, targets: torch.Tensor | None,
+                label: torch.Tensor | None, reg: torch.Tensor | None, aux_weight: float) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if self.mode == "head_only":
+            with torch.no_grad():
+                pooled = encode_full(self.encoder, video).mean(dim=1)  # (B, D) frozen features
+        else:
+            preds, tgts, pooled_parts = [], [], []
+            for m in masks:  # one pass per mask generator, as in V-JEPA
+                ctx = encode_context(self.encoder, video, m.context_ids)  # (B, Nc, D)
+                preds.append(predict(self.predictor, ctx, m.context_ids, m.target_ids, mask_index=self.mask_index))
+                tgts.append(_gather(targets, m.target_ids))  # (B, Nt, D)
+                pooled_parts.append(ctx.mean(dim=1))
+            out["jepa"] = jepa_loss(preds, tgts)
+            out["pred_std"] = torch.stack([p.float().std(dim=1).mean() for p in preds]).mean().detach()
+            pooled = torch.stack(pooled_parts).mean(dim=0)  # (B, D) mean-pooled student tokens
+        if self.head is not None and label is not None and aux_weight > 0:
+            logits, reg_pred, _ = self.head(pooled.float())
+            out["aux"], parts = motion_aux_loss(logits, label, reg_pred, reg, weight=aux_weight)
+            out["aux_ce"], out["aux_mse"] = parts["ce"], parts["mse"]
+            out["aux_acc"] = _accuracy(logits, label)
+        loss = out.get("jepa", torch.zeros((), device=video.device)) + out.get("aux", 0.0)
+        out["loss"] = loss
+        return out
+
+
+def _gather(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # (B, N, D)
+
+
+def _accuracy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    ok = label >= 0
+    if not bool(ok.any()):
+        return torch.tensor(float("nan"))
+    return (logits.argmax(-1)[ok] == label[ok]).float().mean().detach()
+
+
+# --------------------------------------------------------------------------------------------
+# Which parameters train: a function of the mode and the current stage.
+
+
+def stage_at(step: int, tcfg: TrainConfig) -> Stage:
+    stages = tcfg.stages or [Stage(name="all", steps=tcfg.steps)]
+    end = 0
+    for s in stages:
+        end += s.steps
+        if step < end:
+            return s
+    return stages[-1]
+
+
+def set_trainable(student: Student, tcfg: TrainConfig, stage: Stage) -> None:
+    """requires_grad per the mode/stage. Optimizer groups already hold every parameter."""
+    if tcfg.mode == "head_only":
+        # norms too: the head-only arm must not move the encoder or predictor at all
+        freeze_module(student.encoder)
+        freeze_module(student.predictor)
+        return
+    if tcfg.stages:  # progressive prefix unfreezing: blocks [0, fraction × depth) train
+        prefix = round(stage.unfreeze_fraction * len(student.encoder.layer))
+        set_encoder_trainable(student.encoder, train_below=prefix, keep_norms_trainable=False)
+    else:  # optional freezing below a block; norms stay trainable (SPEC Ch 10 step 8)
+        set_encoder_trainable(student.encoder, freeze_below=tcfg.freeze_below or None)
+    for p in student.predictor.parameters():
+        p.requires_grad_(True)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def train(
+    *,
+    tcfg: TrainConfig,
+    data: DataConfig,
+    masking: MaskingConfig,
+    model: nn.Module,
+    head: MotionAuxHead | None,
+    train_clips: list[Clip],
+    val_clips: list[Clip],
+    aux: AuxTargets | None,
+    out_dir: str | Path,
+    l2_lambda: float = 0.0,
+    mask_index: int = 0,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    num_workers: int = 0,
+    spd_lambda: float = 0.0,
+) -> TrainResult:
+    out_dir = Path(out_dir)
+    d = dist.info()
+    dev = torch.device(device)
+    for s in tcfg.stages or []:
+        if set(s.mixture) != {"raw"}:
+            raise NotBuiltError(f"train.stages[{s.name}]: factor streams {sorted(s.mixture)} need the surgery "
+                                "stage (segment/factorize), which is not built yet")
+
+    # -- set up: student, teacher, head, anchors θ₀, optimizer over ALL parameters ---------------
+    model = model.to(dev)
+    student = Student(model, head, tcfg.mode, mask_index).to(dev)
+    teacher = None
+    if tcfg.mode == "jepa":
+        teacher = copy.deepcopy(model.encoder).to(dev).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    enc_params = list(model.encoder.parameters())
+    anchor_file = out_dir / "anchor.pt"
+    if anchor_file.exists():  # θ₀ of this run, written before step 0 (resume must not re-snapshot)
+        anchors = [t.to(dev) for t in storage.load_torch(anchor_file)["anchors"]]
+    else:
+        anchors = snapshot(enc_params)
+        if d.is_main and (l2_lambda > 0 or spd_lambda > 0 or tcfg.mode == "jepa"):
+            storage.save_torch(anchor_file, {"anchors": [a.cpu() for a in anchors]})
+    rules = [("head.", tcfg.aux_lr_mult, 0.0)]  # the motion_aux head: own lr multiplier, no weight decay
+    groups = build_param_groups(list(student.named_parameters()), base_lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                                rules=rules)
+    opt = torch.optim.AdamW(groups, lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
+    spd = SPD(enc_params, anchors, spd_lambda) if spd_lambda > 0 else None
+
+    # -- resume ------------------------------------------------------------------------------
+    step, best_step, best_score = 0, -1, -math.inf
+    history: list[dict[str, Any]] = []
+    found = ckpt.find_resume(out_dir / "checkpoints", tcfg.resume)
+    if found is not None:
+        state = ckpt.load_checkpoint(found)
+        student.load_state_dict(state["student"])
+        if teacher is not None:
+            teacher.load_state_dict(state["teacher"])
+        opt.load_state_dict(state["optimizer"])
+        ckpt.restore_rng(state["rng"])
+        step, best_step, best_score = state["step"], state["best"]["step"], state["best"]["score"]
+        history = list(state.get("history", []))
+        log.info(f"resumed from {found} at step {step}")
+
+    # -- data: step → batch ---------------------------------------------------------------------
+    grid = token_grid(model.config, data.num_frames)
+    masker = None
+    if tcfg.mode == "jepa":
+        specs = tuple(MaskSpec(g.num_blocks, g.spatial_scale, tuple(g.aspect_ratio)) for g in masking.generators)
+        masker = MultiblockMasker(grid=grid, specs=specs, seed=seed)
+    train_set = ClipDataset(train_clips, num_frames=data.num_frames, size=data.size, seed=seed, train=True,
+                            flip_prob=data.flip_prob, crop_scale=data.crop_scale, crop_ratio=data.crop_ratio,
+                            aux=aux, fps_stride=data.fps_stride)
+    micro = tcfg.batch_size
+    sampler = StepBatchSampler(len(train_set), micro, seed, start_step=step * tcfg.grad_accum,
+                               total_steps=tcfg.steps * tcfg.grad_accum, rank=d.rank, world_size=d.world_size)
+    batches = iter(build_train_loader(train_set, sampler, masker, num_workers))
+    val_set = ClipDataset(val_clips, num_frames=data.num_frames, size=data.size, seed=seed, train=False, aux=aux)
+    probe_set = ClipDataset(train_clips[:256], num_frames=data.num_frames, size=data.size, seed=seed, train=False,
+                            aux=aux)
+    skipped: list[tuple[str, str]] = []
+
+    current_stage: Stage | None = None
+    wrapped: nn.Module = student
+    t_data = t_step = 0.0
+    for step in progress(range(step, tcfg.steps), desc=f"train[{out_dir.name}]", total=tcfg.steps - step):
+        # -- stage: what trains now (progressive unfreezing is data, see train.stages) --------
+        stage = stage_at(step, tcfg)
+        if stage is not current_stage and stage != current_stage:
+            set_trainable(student, tcfg, stage)
+            wrapped = dist.wrap_ddp(student, dev)  # DDP fixes its parameter set: re-wrap per stage
+            current_stage = stage
+            log.info(f"step {step}: stage {stage.name!r}, "
+                     f"{sum(p.numel() for p in student.parameters() if p.requires_grad):,} trainable parameters")
+
+        # -- schedules: functions of step ---------------------------------------------------------
+        lr = warmup_cosine(step, tcfg.steps, tcfg.warmup_steps, tcfg.lr, final=tcfg.final_lr)
+        apply_schedule(opt, lr=lr, wd=tcfg.weight_decay)
+        tau = ema_momentum(step, tcfg.steps, *tcfg.ema_momentum)
+
+        # -- forward / backward over gradient-accumulation micro-batches ---------------------------
+        opt.zero_grad(set_to_none=True)
+        logs: dict[str, float] = {}
+        for _ in range(tcfg.grad_accum):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            t_data += time.perf_counter() - t0
+            skipped.extend(batch["skipped"])
+            if "video" not in batch:
+                continue
+            t0 = time.perf_counter()
+            video = batch["video"].to(dev, non_blocking=True)  # (B, T, 3, S, S)
+            label = batch["label"].to(dev) if "label" in batch else None
+            reg = batch["reg"].to(dev) if "reg" in batch else None
+            with autocast_context(dev.type, dtype):
+                targets = teacher_targets(teacher, video) if teacher is not None else None  # (B, N, D)
+                out = wrapped(video, batch.get("masks"), targets, label, reg, tcfg.motion_aux_weight)
+                loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite loss at step {step} ({_fmt(out)}); stopped. The last good checkpoint in "
+                    f"{out_dir / 'checkpoints'} is intact: lower train.lr or check the input clips, then resume."
+                )
+            (loss / tcfg.grad_accum).backward()
+            t_step += time.perf_counter() - t0
+            for k, v in out.items():
+                logs[k] = logs.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / tcfg.grad_accum
+
+        # -- optimizer step, regularisers, EMA teacher --------------------------------------------
+        if l2_lambda > 0:  # λ·Σ‖θ−θ₀‖²: its gradient 2λ(θ−θ₀) is added straight into .grad
+            live = [(p, a) for p, a in zip(enc_params, anchors) if p.requires_grad]
+            logs["l2"] = float(add_l2_anchor_grad_([p for p, _ in live], [a for _, a in live], l2_lambda))
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad],
+                                                   tcfg.grad_clip)
+        if spd is not None:
+            spd.before_step()
+        opt.step()
+        if spd is not None:
+            spd.after_step()
+        if teacher is not None and tcfg.teacher == "ema":
+            ema_update(list(teacher.parameters()), enc_params, tau)
+
+        # -- log, eval, checkpoint (cadence: functions of step) ------------------------------------
+        done = step + 1
+        row = {"step": done, "lr": lr, "tau": tau, "grad_norm": float(grad_norm), **logs,
+               "data_wait_s": t_data, "compute_s": t_step}
+        if done % tcfg.eval_every == 0 or done == tcfg.steps:
+            ev = evaluate(student, teacher, val_set, probe_set, masker, tcfg, anchors, dev, dtype, num_workers)
+            row.update(ev)
+            score = ev["val_score"]
+            if score > best_score:
+                best_score, best_step = score, done
+                if d.is_main:
+                    _export(out_dir / "best", student, teacher, tcfg)
+            log.info(f"step {done}: {_fmt(row)}")
+        history.append(row)
+        if d.is_main:
+            storage.append_jsonl(out_dir / "metrics.jsonl", row)
+        if d.is_main and (done % tcfg.checkpoint_every == 0 or done == tcfg.steps):
+            ckpt.save_checkpoint(out_dir / "checkpoints", done, {
+                "student": student.state_dict(),
+                "teacher": teacher.state_dict() if teacher is not None else None,
+                "optimizer": opt.state_dict(),
+                "scaler": None,  # bf16 needs no loss scaling
+                "rng": ckpt.capture_rng(),
+                "data": {"sampler_position": done * tcfg.grad_accum * micro * d.world_size},
+                "best": {"step": best_step, "score": best_score},
+                "history": history,
+                "config": tcfg.model_dump(mode="json"),
+                "l2_lambda": l2_lambda,
+            }, keep_last=tcfg.keep_last)
+        dist.barrier()
+    if d.is_main:
+        _export(out_dir / "final", student, teacher, tcfg)
+    return TrainResult(steps=tcfg.steps, best_step=best_step, best_score=best_score, history=history,
+                       skipped=skipped)
+
+
+def _fmt(row: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                    if not k.endswith("_s") and k not in ("drift_blocks",))
+
+
+def exported_encoder(student: Student, teacher: nn.Module | None, tcfg: TrainConfig) -> nn.Module:
+    """The adapted encoder: the EMA teacher when it tracks the student (as V-JEPA evaluates its
+    target encoder); the student when the teacher is frozen (SALT) or absent (head-only)."""
+    return teacher if (teacher is not None and tcfg.teacher == "ema") else student.encoder
+
+
+def _export(folder: Path, student: Student, teacher: nn.Module | None, tcfg: TrainConfig) -> None:
+    enc = exported_encoder(student, teacher, tcfg)
+    export_encoder(student.model, folder / "encoder", encoder_state=enc.state_dict())
+    if student.head is not None:
+        from safetensors.torch import save as st_save
+
+        storage.write_bytes(folder / "head.safetensors",
+                            st_save({k: v.contiguous().cpu() for k, v in student.head.state_dict().items()}))
+
+
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(student: Student, teacher: nn.Module | None, val_set: ClipDataset, probe_set: ClipDataset,
+             masker: MultiblockMasker | None, tcfg: TrainConfig, anchors: list[torch.Tensor], dev: torch.device,
+             dtype: str, num_workers: int) -> dict[str, Any]:
+    """Val JEPA and motion_aux losses, a nearest-centroid probe on val, collapse and drift monitors."""
+    student.eval()
+    enc = exported_encoder(student, teacher, tcfg)
+    sums: dict[str, float] = {}
+    n = 0
+    val_feats, val_labels = [], []
+    for batch in build_eval_loader(val_set, tcfg.batch_size, num_workers, masker):
+        if "video" not in batch:
+            continue
+        video = batch["video"].to(dev)
+        with autocast_context(dev.type, dtype):
+            targets = teacher_targets(teacher, video) if teacher is not None else None
+            out = student(video, batch.get("masks"), targets, batch.get("label", None) if "label" in batch else None,
+                          batch["reg"].to(dev) if "reg" in batch else None, tcfg.motion_aux_weight or 1.0)
+            feats = encode_full(enc, video).mean(dim=1).float()  # (B, D)
+        b = video.shape[0]
+        n += b
+        for k in ("jepa", "aux", "aux_ce", "aux_mse", "pred_std"):
+            if k in out:
+                sums[k] = sums.get(k, 0.0) + float(out[k]) * b
+        if targets is not None:
+            sums["target_std"] = sums.get("target_std", 0.0) + float(targets.float().std(dim=1).mean()) * b
+        val_feats.append(feats.cpu())
+        val_labels.append(batch["label"] if "label" in batch else torch.full((b,), -1))
+    res: dict[str, Any] = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
+    res["val_centroid_acc"] = _centroid_probe(enc, probe_set, val_feats, val_labels, dev, dtype, tcfg, num_workers)
+    drift = relative_drift(list(student.encoder.parameters()), anchors)
+    # NaN entries are tensors with ‖θ₀‖ = 0 (zero-initialised biases): no relative drift defined.
+    res["drift_mean"] = float(np.nanmean(drift)) if drift else 0.0
+    res["drift_blocks"] = _per_block_drift(student.encoder, anchors)
+    # Best checkpoint: by the cheap probe when labels exist; the head-only arm by val motion_aux loss.
+    if tcfg.mode == "head_only":
+        res["val_score"] = -res.get("val_aux", math.inf)
+    else:
+        acc = res["val_centroid_acc"]
+        res["val_score"] = acc if not math.isnan(acc) else -res.get("val_jepa", math.inf)
+    student.train()
+    return res
+
+
+def _centroid_probe(enc: nn.Module, probe_set: ClipDataset, val_feats: list[torch.Tensor],
+                    val_labels: list[torch.Tensor], dev: torch.device, dtype: str, tcfg: TrainConfig,
+                    num_workers: int) -> float:
+    """Nearest class centroid (cosine) fitted on a train sample, scored on val. NaN without labels."""
+    vx, vy = torch.cat(val_feats), torch.cat(val_labels)
+    if probe_set.aux is None or not bool((vy >= 0).any()):
+        return float("nan")
+    xs, ys = [], []
+    for batch in build_eval_loader(probe_set, tcfg.batch_size, num_workers):
+        if "video" in batch:
+            with autocast_context(dev.type, dtype):
+                xs.append(encode_full(enc, batch["video"].to(dev)).mean(dim=1).float().cpu())
+            ys.append(batch["label"])
+    tx, ty = torch.cat(xs), torch.cat(ys)
+    mu = tx[ty >= 0].mean(0, keepdim=True)  # centre with train statistics only
+    tx, vx = F.normalize(tx - mu, dim=-1), F.normalize(vx - mu, dim=-1)
+    classes = sorted(int(c) for c in ty.unique() if c >= 0)
+    cents = torch.stack([F.normalize(tx[ty == c].mean(0), dim=0) for c in classes])  # (K, D)
+    pred = torch.tensor(classes)[(vx @ cents.T).argmax(-1)]
+    ok = vy >= 0
+    return float((pred[ok] == vy[ok]).float().mean())
+
+
+def _per_block_drift(encoder: nn.Module, anchors: list[torch.Tensor]) -> list[float]:
+    names = [n for n, _ in encoder.named_parameters()]
+    params = list(encoder.parameters())
+    out = []
+    for i in range(len(encoder.layer)):
+        idx = [j for j, n in enumerate(names) if n.startswith(f"layer.{i}.")]
+        num = sum(float((params[j].detach() - anchors[j]).pow(2).sum()) for j in idx)
+        den = sum(float(anchors[j].pow(2).sum()) for j in idx)
+        out.append(math.sqrt(num) / max(math.sqrt(den), 1e-12))
+    return out

