@@ -183,3 +183,27 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, clips):
         loop.train(tcfg=_tcfg(), data=DATA, masking=MASKING, model=model, head=None, train_clips=clips[:6],
                    val_clips=clips[6:], aux=None, out_dir=tmp_path)
     assert not (tmp_path / "checkpoints" / "latest.pt").exists()
+
+
+def test_salt_frozen_teacher_exports_the_student(tmp_path, clips):
+    from vjepa_adapt.models.vjepa import load_model
+
+    res, model, _ = _run(tmp_path, clips, _tcfg(teacher="frozen"))
+    exported, _ = load_model(str(tmp_path / "final" / "encoder"))
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(exported.encoder.state_dict()[k], v), k  # SALT: the student is the result
+    torch.manual_seed(0)
+    init = build_model("tiny", crop_size=32, frames_per_clip=8, **TINY).encoder.state_dict()
+    state = ckpt.load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    for k, v in state["teacher"].items():
+        assert torch.equal(v, init[k]), k  # the teacher never moved
+
+
+def test_spd_pulls_weights_back(tmp_path, clips):
+    free, _, _ = _run(tmp_path / "free", clips, _tcfg(steps=6, eval_every=6, lr=3e-3))
+    torch.manual_seed(0)
+    model = build_model("tiny", crop_size=32, frames_per_clip=8, **TINY)
+    spd = loop.train(tcfg=_tcfg(steps=6, eval_every=6, lr=3e-3), data=DATA, masking=MASKING, model=model,
+                     head=MotionAuxHead(32, 2, reg_dims=13), train_clips=clips[:6], val_clips=clips[6:],
+                     aux=_aux(clips), out_dir=tmp_path / "spd", seed=1, spd_lambda=0.9)
+    assert spd.history[-1]["drift_mean"] < 0.8 * free.history[-1]["drift_mean"]

@@ -86,6 +86,7 @@ class ModelConfig(Section):
     weights: str | None = Field(
         None, description="Hub id, HF folder, official .pt or our checkpoint; None = random init (demo: base)"
     )
+    patch_size: int | None = Field(None, ge=2, description="override the preset's patch size (random init only)")
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     gradient_checkpointing: bool = False
     compile: bool = False
@@ -208,6 +209,7 @@ class TrainConfig(Section):
     motion_aux_weight: float = Field(0.1, ge=0)
     aux_lr_mult: float = Field(10.0, gt=0)
     l2_anchor: list[float] = Field(default_factory=lambda: [0.0], description="λ values; one arm per value")
+    spd: float = Field(0.0, ge=0, description="selective projection decay λ after each step (0 = off)")
     freeze_below: int = Field(0, ge=0, description="freeze blocks below this index (norms stay trainable)")
     stages: list[Stage] | None = Field(None, description="progressive unfreezing; None = one stage of all steps")
     eval_every: int = Field(50, ge=1)
@@ -286,8 +288,10 @@ class PipelineConfig(Section):
 
     @model_validator(mode="after")
     def _cross(self) -> PipelineConfig:
-        if self.model.preset != "tiny" and self.data.size % 16:
-            raise ValueError(f"data.size: {self.data.size} must be a multiple of the patch size 16 for {self.model.preset}")
+        patch = self.model.patch_size or (8 if self.model.preset == "tiny" else 16)
+        if self.data.size % patch:
+            raise ValueError(f"data.size: {self.data.size} must be a multiple of the patch size {patch} "
+                             f"({self.model.preset}; model.patch_size)")
         if self.data.num_frames % 2:
             raise ValueError(f"data.num_frames: {self.data.num_frames} must be even (tubelet size 2)")
         return self

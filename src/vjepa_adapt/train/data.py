@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
-from vjepa_adapt.data.clips import Clip, open_clip
-from vjepa_adapt.data.transforms import eval_transform, train_transform
-from vjepa_adapt.data.video import VideoError, read_frames
+from vjepa_adapt.data.clips import Clip
+from vjepa_adapt.data.loader import ClipDataset as LoaderClipDataset
+from vjepa_adapt.data.loader import collate_clips
 from vjepa_adapt.masking import MultiblockMasker
 
 
@@ -73,57 +73,42 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         return max(0, self.total - self.start)
 
 
-class ClipDataset(Dataset):
-    """Decodes and augments one clip for one (index, step); a bad clip becomes a skip record."""
+class ClipDataset(LoaderClipDataset):
+    """The data layer's dataset keyed by (index, step), plus motion_aux targets that follow a flip.
+
+    The step takes the place of the epoch in the augmentation seed, so each step's crops are fixed.
+    """
 
     def __init__(self, clips: Sequence[Clip], *, num_frames: int, size: int, seed: int, train: bool,
                  flip_prob: float = 0.5, crop_scale: tuple[float, float] = (0.3, 1.0),
                  crop_ratio: tuple[float, float] = (0.75, 1.35), aux: AuxTargets | None = None,
                  fps_stride: float | None = None):
-        self.clips, self.num_frames, self.size, self.seed, self.train = list(clips), num_frames, size, seed, train
-        self.flip_prob, self.crop_scale, self.crop_ratio, self.aux, self.fps_stride = (
-            flip_prob, crop_scale, crop_ratio, aux, fps_stride)
-
-    def __len__(self) -> int:
-        return len(self.clips)
+        super().__init__(clips, train=train, size=size, num_frames=num_frames, fps_stride=fps_stride, seed=seed,
+                         flip_prob=flip_prob, scale=crop_scale, ratio=crop_ratio)
+        self.aux = aux
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, step = key if isinstance(key, tuple) else (key, 0)
-        clip = self.clips[index]
-        try:
-            frames = read_frames(open_clip(clip), num_frames=self.num_frames, fps_stride=self.fps_stride,
-                                 start=clip.start, end=clip.end)
-        except VideoError as e:
-            return {"skip": (clip.clip_id, e.reason), "step": step}
-        if self.train:
-            gen = np.random.default_rng([self.seed, step, index])
-            video, flipped = train_transform(frames, self.size, gen, flip_prob=self.flip_prob,
-                                             scale=self.crop_scale, ratio=self.crop_ratio)
-        else:
-            video, flipped = eval_transform(frames, self.size), False
-        item: dict[str, Any] = {"clip_id": clip.clip_id, "video": video, "step": step, "flipped": flipped}
-        if self.aux is not None:
-            label, reg = self.aux.get(clip.clip_id, flipped)
+        item = super().__getitem__((index, step, 0))
+        item["step"] = step
+        if self.aux is not None and "video" in item:
+            label, reg = self.aux.get(item["clip_id"], item["flipped"])
             item["label"], item["reg"] = label, torch.from_numpy(np.asarray(reg, dtype=np.float32))
         return item
 
 
 @dataclass
 class Collate:
-    """Stacks good samples, lists skipped ones, and adds the step's masks (made in the worker)."""
+    """The data layer's collate, plus aux targets and the step's masks (drawn in the worker)."""
 
     masker: MultiblockMasker | None = None
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        good = [it for it in items if "skip" not in it]
-        out: dict[str, Any] = {
-            "skipped": [it["skip"] for it in items if "skip" in it],
-            "step": items[0]["step"] if items else -1,
-            "clip_ids": [it["clip_id"] for it in good],
-        }
+        out = collate_clips(items)
+        out["step"] = items[0]["step"] if items else -1
+        good = [it for it in items if "video" in it]
         if not good:
             return out
-        out["video"] = torch.stack([it["video"] for it in good])  # (B, T, 3, S, S)
         if "label" in good[0]:
             out["label"] = torch.tensor([it["label"] for it in good], dtype=torch.long)  # (B,)
             out["reg"] = torch.stack([it["reg"] for it in good])  # (B, dims)

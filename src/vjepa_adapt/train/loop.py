@@ -169,9 +169,19 @@ def train(
     num_workers: int = 0,
     spd_lambda: float = 0.0,
 ) -> TrainResult:
+    """Train ``model`` (+ ``head``) per ``tcfg`` on ``train_clips``; checkpoints and exports go to ``out_dir``.
+
+    ``l2_lambda``: λ of the L2 anchor to the initial encoder weights; ``spd_lambda``: λ of selective
+    projection decay (0 = off); ``mask_index``: the predictor mask token the weights were trained with.
+    Exports ``out_dir/best`` (best val score) and ``out_dir/final``: ``encoder/`` (HF format) and
+    ``head.safetensors``.
+    """
     out_dir = Path(out_dir)
     d = dist.info()
     dev = torch.device(device)
+    if masking.kind == "motion_guided" and tcfg.mode == "jepa":
+        raise NotBuiltError("masking.kind=motion_guided needs per-clip flow in the training stream, which arrives "
+                            "with the surgery stage; the MGMAE sampler itself is in masking.py")
     for s in tcfg.stages or []:
         if set(s.mixture) != {"raw"}:
             raise NotBuiltError(f"train.stages[{s.name}]: factor streams {sorted(s.mixture)} need the surgery "
@@ -191,7 +201,7 @@ def train(
         anchors = [t.to(dev) for t in storage.load_torch(anchor_file)["anchors"]]
     else:
         anchors = snapshot(enc_params)
-        if d.is_main and (l2_lambda > 0 or spd_lambda > 0 or tcfg.mode == "jepa"):
+        if d.is_main and tcfg.mode == "jepa":  # head-only never moves the encoder: nothing to anchor
             storage.save_torch(anchor_file, {"anchors": [a.cpu() for a in anchors]})
     rules = [("head.", tcfg.aux_lr_mult, 0.0)]  # the motion_aux head: own lr multiplier, no weight decay
     groups = build_param_groups(list(student.named_parameters()), base_lr=tcfg.lr, weight_decay=tcfg.weight_decay,
@@ -219,7 +229,7 @@ def train(
     masker = None
     if tcfg.mode == "jepa":
         specs = tuple(MaskSpec(g.num_blocks, g.spatial_scale, tuple(g.aspect_ratio)) for g in masking.generators)
-        masker = MultiblockMasker(grid=grid, specs=specs, seed=seed)
+        masker = MultiblockMasker(grid=grid, specs=specs, seed=seed * 1009 + d.rank)  # each rank its own masks
     train_set = ClipDataset(train_clips, num_frames=data.num_frames, size=data.size, seed=seed, train=True,
                             flip_prob=data.flip_prob, crop_scale=data.crop_scale, crop_ratio=data.crop_ratio,
                             aux=aux, fps_stride=data.fps_stride)
@@ -238,7 +248,7 @@ def train(
     for step in progress(range(step, tcfg.steps), desc=f"train[{out_dir.name}]", total=tcfg.steps - step):
         # -- stage: what trains now (progressive unfreezing is data, see train.stages) --------
         stage = stage_at(step, tcfg)
-        if stage is not current_stage and stage != current_stage:
+        if stage != current_stage:
             set_trainable(student, tcfg, stage)
             wrapped = dist.wrap_ddp(student, dev)  # DDP fixes its parameter set: re-wrap per stage
             current_stage = stage
@@ -258,7 +268,7 @@ def train(
             batch = next(batches)
             t_data += time.perf_counter() - t0
             skipped.extend(batch["skipped"])
-            if "video" not in batch:
+            if batch["video"] is None:
                 continue
             t0 = time.perf_counter()
             video = batch["video"].to(dev, non_blocking=True)  # (B, T, 3, S, S)
@@ -305,6 +315,9 @@ def train(
                 if d.is_main:
                     _export(out_dir / "best", student, teacher, tcfg)
             log.info(f"step {done}: {_fmt(row)}")
+        elif done % max(tcfg.steps // 10, 1) == 0:  # a heartbeat where no progress bar is shown (CI, logs)
+            log.info(f"step {done}/{tcfg.steps}: loss={row['loss']:.4f} lr={lr:.3g} "
+                     f"data-wait {t_data / max(t_data + t_step, 1e-9):.0%}")
         history.append(row)
         if d.is_main:
             storage.append_jsonl(out_dir / "metrics.jsonl", row)
@@ -363,7 +376,7 @@ def evaluate(student: Student, teacher: nn.Module | None, val_set: ClipDataset, 
     n = 0
     val_feats, val_labels = [], []
     for batch in build_eval_loader(val_set, tcfg.batch_size, num_workers, masker):
-        if "video" not in batch:
+        if batch["video"] is None:
             continue
         video = batch["video"].to(dev)
         with autocast_context(dev.type, dtype):
@@ -405,7 +418,7 @@ def _centroid_probe(enc: nn.Module, probe_set: ClipDataset, val_feats: list[torc
         return float("nan")
     xs, ys = [], []
     for batch in build_eval_loader(probe_set, tcfg.batch_size, num_workers):
-        if "video" in batch:
+        if batch["video"] is not None:
             with autocast_context(dev.type, dtype):
                 xs.append(encode_full(enc, batch["video"].to(dev)).mean(dim=1).float().cpu())
             ys.append(batch["label"])

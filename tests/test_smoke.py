@@ -1,0 +1,57 @@
+"""End-to-end smoke test of the whole pipeline on tiny settings (the CI's one full run).
+
+synth → clips → tag → motion → base → pretrain / pretrain-head → embed (5 arms) → probe → plots →
+compare; then a second run skips every stage, and a probe setting re-runs exactly its dependents.
+"""
+
+from __future__ import annotations
+
+import json
+
+from vjepa_adapt.cli import main
+
+TINY = [
+    "synth.source_clips=16", "synth.target_clips=64", "synth.width=64", "synth.height=48", "synth.num_frames=20",
+    "synth.clips_per_video=2", "data.num_frames=8", "data.size=32", "model.patch_size=16",
+    "base.steps=3", "base.warmup_steps=1", "base.batch_size=4",
+    "train.steps=3", "train.warmup_steps=1", "train.batch_size=4", "train.eval_every=3", "train.checkpoint_every=3",
+    "arms.head_only_steps=2", "motion.num_classes=4", "motion.min_count_per_split=1",
+    "probe.epochs=2", "probe.bootstrap_resamples=200", "embed.pooled_grid=[1,2,2]",
+]
+
+
+def _stages(run):
+    return {json.loads(p.read_text())["stage"]: json.loads(p.read_text()) for p in run.rglob("stage.json")}
+
+
+def test_demo_end_to_end_then_cached_then_partial_rerun(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["demo", "--out", str(run), *TINY]) == 0
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    arms = summary["arms"]
+    assert set(arms) == {"frozen", "random_init", "frame_shuffled", "pretrain", "pretrain_head"}
+    for name, row in arms.items():
+        assert set(row) >= {"top1", "ci_low", "ci_high", "delta_vs_frozen", "delta_ci_low", "delta_ci_high",
+                            "p_value", "n_test", "num_classes"}
+        assert 0 <= row["ci_low"] <= row["top1"] <= row["ci_high"] <= 1
+        assert row["n_test"] == arms["frozen"]["n_test"] > 0
+    assert arms["frozen"]["delta_vs_frozen"] == 0
+    out = capsys.readouterr().out
+    assert "Δ vs frozen" in out and "not built yet" in out.lower()
+    for png in ("top1.png", "delta_forest.png", "training_frozen.png", "confusion_pretrain.png"):
+        assert (run / "plots" / png).stat().st_size > 5000
+    assert (run / "synth" / "target" / "contact_sheet.png").exists()
+    first = _stages(run)
+    assert first["motion"]["extra"]["truth_agreement"] >= 0.9
+    assert (run / "pretrain" / "pretrain" / "best" / "encoder" / "config.json").exists()
+
+    # unchanged: every stage is skipped
+    assert main(["demo", "--out", str(run), *TINY]) == 0
+    again = _stages(run)
+    assert all(again[s]["seconds"] == first[s]["seconds"] for s in first)
+
+    # a probe setting: only the probes and what reads them run again
+    assert main(["demo", "--out", str(run), *TINY, "probe.lr=0.001"]) == 0
+    third = _stages(run)
+    rerun = {s for s in first if third[s]["seconds"] != first[s]["seconds"] or third[s]["hash"] != first[s]["hash"]}
+    assert rerun == {f"probe/{a}" for a in arms} | {"plots", "compare"}
