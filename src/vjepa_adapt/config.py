@@ -51,6 +51,7 @@ class SynthConfig(Section):
     fps: float = Field(16.0, gt=0)
     clips_per_video: int = Field(4, ge=1)
     seed: int = 0
+    workers: int = Field(1, ge=1, description="render processes")
 
 
 class DataConfig(Section):

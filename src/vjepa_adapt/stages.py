@@ -68,7 +68,8 @@ def run_synth(ctx: StageContext) -> StageResult:
         if n:
             total += len(generate_world(ctx.out_dir / style, num_clips=n, style=style, seed=seed, width=s.width,
                                         height=s.height, num_frames=s.num_frames, fps=s.fps,
-                                        clips_per_video=s.clips_per_video))
+                                        clips_per_video=s.clips_per_video, num_workers=max(s.workers, 1),
+                                        skip_existing=True))  # an interrupted synth resumes
     return StageResult(done=total)
 
 
