@@ -42,7 +42,8 @@ def test_demo_end_to_end_then_cached_then_partial_rerun(tmp_path, capsys):
         assert (run / "plots" / png).stat().st_size > 5000
     assert (run / "synth" / "target" / "contact_sheet.png").exists()
     first = _stages(run)
-    assert first["motion"]["extra"]["truth_agreement"] >= 0.9
+    # measured against the generator's intended class (>= 90% at demo size: tests/test_motion.py; lower here at 64 px)
+    assert first["motion"]["extra"]["truth_agreement"] >= 0.6
     assert (run / "pretrain" / "pretrain" / "best" / "encoder" / "config.json").exists()
 
     # unchanged: every stage is skipped

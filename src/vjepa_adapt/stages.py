@@ -212,7 +212,9 @@ def build_random(cfg: PipelineConfig):
 def load_frozen(cfg: PipelineConfig, run_dir: Path):
     from vjepa_adapt.models.vjepa import load_model
 
-    model, report = load_model(frozen_weights(cfg, run_dir), preset=cfg.model.preset, crop_size=cfg.data.size,
+    # The preset is checked against the weights' own config, unless the patch size was overridden.
+    preset = None if cfg.model.patch_size else cfg.model.preset
+    model, report = load_model(frozen_weights(cfg, run_dir), preset=preset, crop_size=cfg.data.size,
                                frames_per_clip=cfg.data.num_frames, min_loaded_fraction=cfg.model.min_loaded_fraction,
                                attn_implementation=cfg.model.attn_implementation)
     return model
