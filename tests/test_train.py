@@ -207,3 +207,48 @@ def test_spd_pulls_weights_back(tmp_path, clips):
                      head=MotionAuxHead(32, 2, reg_dims=13), train_clips=clips[:6], val_clips=clips[6:],
                      aux=_aux(clips), out_dir=tmp_path / "spd", seed=1, spd_lambda=0.9)
     assert spd.history[-1]["drift_mean"] < 0.8 * free.history[-1]["drift_mean"]
+
+
+_KILL_SCRIPT = r'''
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import test_train as T
+from conftest import write_video
+from vjepa_adapt import storage
+from vjepa_adapt.data.clips import Clip
+
+clips = [Clip(f"c{{i}}", os.path.join({folder!r}, f"c{{i}}.mp4"), f"v{{i}}") for i in range(8)]
+real = storage.write_bytes
+
+def torn(path, data):
+    if "step-00000004" in str(path):  # die with half of the step-4 checkpoint on disk
+        with storage.atomic_open(path, "wb") as fh:
+            fh.write(bytes(data[: len(data) // 2]))
+            fh.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(path, data)
+
+storage.write_bytes = torn
+T._run({run!r}, clips, T._tcfg())
+'''
+
+
+@pytest.mark.slow
+def test_kill_9_while_writing_a_checkpoint_then_resume(tmp_path, clips):
+    import os
+    import subprocess
+    import sys
+
+    folder = os.path.dirname(clips[0].path)
+    _, m1, h1 = _run(tmp_path / "straight", clips, _tcfg())
+    script = _KILL_SCRIPT.format(tests=os.path.dirname(__file__), folder=folder, run=str(tmp_path / "killed"))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    ck = tmp_path / "killed" / "checkpoints"
+    assert any(p.name.startswith(storage.TMP_PREFIX) for p in ck.iterdir())  # the torn temp file is there
+    assert ckpt.load_checkpoint(ck / "latest.pt")["step"] == 2  # latest still points at a complete step
+    _, m2, h2 = _run(tmp_path / "killed", clips, _tcfg(), seed_model=7)
+    assert not any(p.name.startswith(storage.TMP_PREFIX) for p in ck.iterdir())  # cleaned on resume
+    a, b = _state(m1, h1), _state(m2, h2)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -212,6 +212,8 @@ def train(
     # -- resume ------------------------------------------------------------------------------
     step, best_step, best_score = 0, -1, -math.inf
     history: list[dict[str, Any]] = []
+    if d.is_main:
+        storage.remove_stale_temps(out_dir / "checkpoints")  # torn writes of a killed run
     found = ckpt.find_resume(out_dir / "checkpoints", tcfg.resume)
     if found is not None:
         state = ckpt.load_checkpoint(found)
