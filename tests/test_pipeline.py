@@ -116,3 +116,15 @@ def test_failed_write_keeps_previous_file(tmp_path):
         pass
     assert storage.read_json(target) == {"a": 1}
     assert os.listdir(tmp_path) == ["m.json"]
+
+
+def test_hash_ignores_settings_left_at_their_default(tmp_path):
+    calls = []
+    g = _graph(calls)
+    g.run(load_config("demo"), tmp_path)
+    calls.clear()
+    # spelling out a default (or a schema gaining a new field with a default) changes nothing
+    g.run(load_config("demo", ["probe.weight_decay=0.05", "motion.backend=farneback"]), tmp_path)
+    assert calls == []
+    g.run(load_config("demo", ["probe.weight_decay=0.1"]), tmp_path)
+    assert calls == ["probe", "plots"]

@@ -67,6 +67,26 @@ def _config_subset(cfg: PipelineConfig, paths: list[str]) -> dict[str, Any]:
     return out
 
 
+def _non_default(value: Any, default: Any) -> Any:
+    """The parts of a config subtree that differ from the schema defaults.
+
+    Stage hashes use this, so adding a new field (with its default) to the schema does not
+    invalidate every finished stage, while any setting a user changes still does.
+    """
+    if isinstance(value, dict) and isinstance(default, dict):
+        out = {k: _non_default(v, default.get(k, _MISSING)) for k, v in value.items() if default.get(k, _MISSING) != v}
+        return out
+    return value
+
+
+_MISSING = object()
+
+
+def _hash_subset(cfg: PipelineConfig, paths: list[str]) -> dict[str, Any]:
+    current, defaults = _config_subset(cfg, paths), _config_subset(PipelineConfig(), paths)
+    return {p: _non_default(current[p], defaults[p]) for p in paths if current[p] != defaults[p]}
+
+
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -130,7 +150,7 @@ class StageGraph:
             out[n] = config_hash(
                 {
                     "stage": n,
-                    "config": _config_subset(cfg, s.reads),
+                    "config": _hash_subset(cfg, s.reads),
                     "inputs": s.inputs(cfg) if s.inputs else None,
                     "needs": {m: out[m] for m in s.needs},
                 }

@@ -473,7 +473,9 @@ def build_graph(cfg: PipelineConfig) -> StageGraph:
     base_needs = ["base"] if has_base else []
     specs: list[StageSpec] = []
     if synthetic:
-        specs.append(StageSpec("synth", run_synth, reads=["synth"]))
+        # every synth field but `workers`, which changes how fast, not what, is rendered
+        synth_reads = [f"synth.{f}" for f in type(cfg.synth).model_fields if f != "workers"]
+        specs.append(StageSpec("synth", run_synth, reads=synth_reads))
     specs += [
         StageSpec("clips", run_clips, needs=["synth"] if synthetic else [],
                   reads=["data.clips", "data.clip_seconds", "data.split_ratios", "data.split_seed"],
