@@ -128,3 +128,20 @@ def test_hash_ignores_settings_left_at_their_default(tmp_path):
     assert calls == []
     g.run(load_config("demo", ["probe.weight_decay=0.1"]), tmp_path)
     assert calls == ["probe", "plots"]
+
+
+def test_changed_setting_clears_old_outputs_but_interrupted_run_keeps_them(tmp_path):
+    seen = []
+
+    def run(ctx):
+        seen.append(sorted(p.name for p in ctx.out_dir.iterdir()))
+        storage.write_text(ctx.out_dir / "partial.txt", "x")
+        return StageResult(done=1)
+
+    g = StageGraph([StageSpec("probe", run, reads=["probe"])])
+    g.run(load_config("demo"), tmp_path)
+    (tmp_path / "probe" / "stage.json").unlink()  # interrupted: same hash, partial work kept
+    g.run(load_config("demo"), tmp_path)
+    assert "partial.txt" in seen[-1]
+    g.run(load_config("demo", ["probe.lr=0.001"]), tmp_path)  # another setting: a clean folder
+    assert seen[-1] == ["stage.started.json"]

@@ -252,3 +252,9 @@ def test_kill_9_while_writing_a_checkpoint_then_resume(tmp_path, clips):
     a, b = _state(m1, h1), _state(m2, h2)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, clips):
+    _run(tmp_path, clips, _tcfg(steps=2, eval_every=2, checkpoint_every=2, warmup_steps=0))
+    with pytest.raises(loop.TrainingError, match="different settings \\(lr\\)"):
+        _run(tmp_path, clips, _tcfg(steps=2, eval_every=2, checkpoint_every=2, warmup_steps=0, lr=0.5))

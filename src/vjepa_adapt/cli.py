@@ -6,6 +6,7 @@ User errors (bad config, bad input, missing weights) print one line and exit 2, 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # OpenMP threads that spin while waiting make torch 20-40x slower when the CPU is shared (decode
+    # workers, other jobs; measured in bench/bench_train.py). Must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

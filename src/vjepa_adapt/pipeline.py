@@ -15,6 +15,7 @@ hashes of the stages it needs, so
 from __future__ import annotations
 
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from vjepa_adapt.progress import get_logger
 from vjepa_adapt.stage_result import StageResult
 
 STAGE_FILE = "stage.json"
+STARTED_FILE = "stage.started.json"  # the hash a stage's partial outputs belong to
 log = get_logger("pipeline")
 
 
@@ -179,11 +181,7 @@ class StageGraph:
                 log.info(f"{n}: up to date, skipped")
                 outcome[n] = "cached"
                 continue
-            out_dir.mkdir(parents=True, exist_ok=True)
-            storage.remove_stale_temps(out_dir)
-            stale = out_dir / STAGE_FILE
-            if stale.exists():
-                stale.unlink()  # a changed stage is not 'complete' until it finishes again
+            _prepare_folder(out_dir, hashes[n])
             log.info(f"{n}: running")
             t0 = time.perf_counter()
             result = spec.run(StageContext(cfg=cfg, run_dir=run_dir, out_dir=out_dir, folders=folders))
@@ -192,6 +190,25 @@ class StageGraph:
             log.info(f"{n}: done={result.done} skipped={len(result.skipped)} in {seconds:.1f}s")
             outcome[n] = "ran"
         return outcome
+
+
+def _prepare_folder(out_dir: Path, hash_: str) -> None:
+    """Keep partial work of an interrupted run with the same hash (so it resumes); wipe the outputs
+    of a different setting (a checkpoint of another config must never be resumed)."""
+    started = out_dir / STARTED_FILE
+    prev = None
+    if started.exists():
+        try:
+            prev = storage.read_json(started).get("hash")
+        except ValueError:
+            prev = None
+    if out_dir.exists() and prev != hash_ and any(out_dir.iterdir()):
+        log.info(f"{out_dir}: outputs of a different setting, cleared before re-running")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    storage.remove_stale_temps(out_dir)
+    (out_dir / STAGE_FILE).unlink(missing_ok=True)  # not 'complete' until it finishes again
+    storage.write_json(started, {"hash": hash_})
 
 
 def write_stage_record(

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from vjepa_adapt import storage
 from vjepa_adapt.data.clips import Clip
@@ -20,7 +21,7 @@ from vjepa_adapt.models.pooling import pool_tokens
 from vjepa_adapt.models.vjepa import autocast_context, encode_full, token_grid
 from vjepa_adapt.progress import get_logger, progress
 from vjepa_adapt.stage_result import StageResult
-from vjepa_adapt.train.data import ClipDataset, build_eval_loader
+from vjepa_adapt.train.data import ClipDataset, Collate
 
 log = get_logger("embed")
 FEATURES_FILE = "features.npz"
@@ -66,39 +67,59 @@ def embed_clips(
     grid = token_grid(encoder.config, num_frames)
     result = StageResult()
     n_chunks = (len(clips) + chunk_size - 1) // chunk_size
-    for k in progress(range(n_chunks), desc="embed chunks", total=n_chunks):
-        path = _chunk_path(out_dir, k)
-        if path.exists():
-            continue  # finished before an interruption: never recomputed
-        part = list(clips[k * chunk_size:(k + 1) * chunk_size])
-        ds = ClipDataset(part, num_frames=num_frames, size=size, seed=0, train=False)
-        ids, toks, means, skips = [], [], [], []
-        for batch in build_eval_loader(ds, batch_size, num_workers):
-            skips.extend(batch["skipped"])
-            if batch["video"] is None:
-                continue
-            video = batch["video"].to(device, non_blocking=True)  # (B, T, 3, S, S)
-            if frame_shuffle_seed is not None:
-                video = shuffle_frames(video, frame_shuffle_seed, batch["clip_id"])
-            with autocast_context(torch.device(device).type, dtype):
-                tokens = encode_full(encoder, video)  # (B, N, D)
-            pooled = pool_tokens(tokens, grid, pooled_grid)  # (B, n, D) fp32
-            mean = tokens.float().mean(dim=1)  # (B, D)
-            if extra_features is not None:
-                extra = extra_features(tokens).float()  # (B, E)
-                pooled = torch.cat([pooled, extra[:, None, :].expand(-1, pooled.shape[1], -1)], dim=-1)
-                mean = torch.cat([mean, extra], dim=-1)
-            ids.extend(batch["clip_id"])
-            toks.append(pooled.cpu().numpy().astype(np.float16))
-            means.append(mean.cpu().numpy())
-        storage.save_npz(
-            path,
-            clip_ids=np.asarray(ids, dtype=str),
-            tokens=np.concatenate(toks) if toks else np.zeros((0, 1, 1), np.float16),
-            mean=np.concatenate(means) if means else np.zeros((0, 1), np.float32),
-            skipped=np.asarray([f"{c}\t{r}" for c, r in skips], dtype=str),
-        )
+    todo = [k for k in range(n_chunks) if not _chunk_path(out_dir, k).exists()]  # finished chunks: never redone
+    # One loader over every missing chunk (batches never straddle a chunk), so workers keep decoding
+    # across chunk boundaries instead of restarting cold for each chunk.
+    batches, batch_chunk = [], []
+    for k in todo:
+        lo, hi = k * chunk_size, min((k + 1) * chunk_size, len(clips))
+        for b in range(lo, hi, batch_size):
+            batches.append(list(range(b, min(b + batch_size, hi))))
+            batch_chunk.append(k)
+    ds = ClipDataset(list(clips), num_frames=num_frames, size=size, seed=0, train=False)
+    loader = DataLoader(ds, batch_sampler=batches, collate_fn=Collate(), num_workers=num_workers,
+                        prefetch_factor=4 if num_workers > 0 else None, generator=torch.Generator().manual_seed(0))
+    acc: dict[str, list] = {"ids": [], "tokens": [], "mean": [], "skipped": []}
+    current = todo[0] if todo else -1
+    for k, batch in zip(batch_chunk, progress(loader, desc="embed", total=len(batches), unit="batch")):
+        if k != current:  # batches arrive in order: the previous chunk is complete
+            _write_chunk(out_dir, current, acc)
+            current = k
+        acc["skipped"].extend(batch["skipped"])
+        if batch["video"] is None:
+            continue
+        video = batch["video"].to(device, non_blocking=True)  # (B, T, 3, S, S)
+        if frame_shuffle_seed is not None:
+            video = shuffle_frames(video, frame_shuffle_seed, batch["clip_id"])
+        with autocast_context(torch.device(device).type, dtype):
+            tokens = encode_full(encoder, video)  # (B, N, D)
+        pooled = pool_tokens(tokens, grid, pooled_grid)  # (B, n, D) fp32
+        mean = tokens.float().mean(dim=1)  # (B, D)
+        if extra_features is not None:
+            extra = extra_features(tokens).float()  # (B, E)
+            pooled = torch.cat([pooled, extra[:, None, :].expand(-1, pooled.shape[1], -1)], dim=-1)
+            mean = torch.cat([mean, extra], dim=-1)
+        acc["ids"].extend(batch["clip_id"])
+        acc["tokens"].append(pooled.cpu().numpy().astype(np.float16))
+        acc["mean"].append(mean.cpu().numpy())
+    if todo:
+        _write_chunk(out_dir, current, acc)
     return _merge_chunks(out_dir, n_chunks, result)
+
+
+def _write_chunk(out_dir: Path, k: int, acc: dict[str, list]) -> None:
+    """One finished chunk → one atomic file; then the accumulator starts empty."""
+    if k < 0:
+        return
+    storage.save_npz(
+        _chunk_path(out_dir, k),
+        clip_ids=np.asarray(acc["ids"], dtype=str),
+        tokens=np.concatenate(acc["tokens"]) if acc["tokens"] else np.zeros((0, 1, 1), np.float16),
+        mean=np.concatenate(acc["mean"]) if acc["mean"] else np.zeros((0, 1), np.float32),
+        skipped=np.asarray([f"{c}\t{r}" for c, r in acc["skipped"]], dtype=str),
+    )
+    for v in acc.values():
+        v.clear()
 
 
 def _merge_chunks(out_dir: Path, n_chunks: int, result: StageResult) -> StageResult:

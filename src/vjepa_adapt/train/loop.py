@@ -217,6 +217,7 @@ def train(
     found = ckpt.find_resume(out_dir / "checkpoints", tcfg.resume)
     if found is not None:
         state = ckpt.load_checkpoint(found)
+        _check_same_run(state, tcfg, l2_lambda, found)
         student.load_state_dict(state["student"])
         if teacher is not None:
             teacher.load_state_dict(state["teacher"])
@@ -341,6 +342,18 @@ def train(
         _export(out_dir / "final", student, teacher, tcfg)
     return TrainResult(steps=tcfg.steps, best_step=best_step, best_score=best_score, history=history,
                        skipped=skipped)
+
+
+def _check_same_run(state: dict[str, Any], tcfg: TrainConfig, l2_lambda: float, path: Path) -> None:
+    """Resuming continues the same run: a checkpoint written under other settings is refused."""
+    now = {**tcfg.model_dump(mode="json"), "resume": None}
+    then = {**state.get("config", {}), "resume": None}
+    diff = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
+    if state.get("l2_lambda", l2_lambda) != l2_lambda:
+        diff.append("l2 λ")
+    if diff:
+        raise TrainingError(f"{path} was written with different settings ({', '.join(diff)}); resume it with the "
+                            "same config, or start fresh with train.resume=none or another --out")
 
 
 def _fmt(row: dict[str, Any]) -> str:
