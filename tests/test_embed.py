@@ -76,3 +76,13 @@ def test_interrupted_embed_resumes_without_recomputing(tmp_path, clips, monkeypa
     monkeypatch.setattr(E, "encode_full", real)
     E.embed_clips(enc, clips, straight, **kw)
     np.testing.assert_array_equal(E.load_features(tmp_path)["tokens"], E.load_features(straight)["tokens"])
+
+
+def test_embed_with_a_decode_worker_matches_in_process(tmp_path, clips):
+    enc = _encoder()
+    kw = dict(num_frames=8, size=32, batch_size=2, chunk_size=4, pooled_grid=(1, 2, 2))
+    E.embed_clips(enc, clips, tmp_path / "w0", num_workers=0, **kw)
+    E.embed_clips(enc, clips, tmp_path / "w1", num_workers=1, **kw)
+    a, b = E.load_features(tmp_path / "w0"), E.load_features(tmp_path / "w1")
+    assert list(a["clip_ids"]) == list(b["clip_ids"])
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])

@@ -258,3 +258,14 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, clips):
     _run(tmp_path, clips, _tcfg(steps=2, eval_every=2, checkpoint_every=2, warmup_steps=0))
     with pytest.raises(loop.TrainingError, match="different settings \\(lr\\)"):
         _run(tmp_path, clips, _tcfg(steps=2, eval_every=2, checkpoint_every=2, warmup_steps=0, lr=0.5))
+
+
+def test_a_decode_worker_gives_the_same_batches(tmp_path, clips):
+    cfg = _tcfg(steps=2, eval_every=2, checkpoint_every=2, warmup_steps=0)
+    runs = []
+    for w in (0, 1):
+        torch.manual_seed(0)
+        model = build_model("tiny", crop_size=32, frames_per_clip=8, **TINY)
+        runs.append(loop.train(tcfg=cfg, data=DATA, masking=MASKING, model=model, head=None, train_clips=clips[:6],
+                               val_clips=clips[6:], aux=None, out_dir=tmp_path / f"w{w}", seed=1, num_workers=w))
+    assert [r["jepa"] for r in runs[0].history] == [r["jepa"] for r in runs[1].history]

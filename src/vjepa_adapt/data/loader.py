@@ -202,6 +202,20 @@ def _init_worker(worker_id: int, seed: int, rank: int) -> None:
     cv2.setNumThreads(1)
 
 
+def worker_options(num_workers: int, seed: int = 0, rank: int = 0, prefetch_factor: int = 2,
+                   persistent_workers: bool = True) -> dict[str, Any]:
+    """DataLoader keyword arguments for decode workers (empty for ``num_workers == 0``).
+
+    Workers are spawned, not forked: a fork taken while torch's OpenMP pool or OpenCV's thread pool
+    holds a lock deadlocks the child (seen here: a worker hung in a futex on its first batch).
+    """
+    if num_workers == 0:
+        return {"num_workers": 0}
+    return dict(num_workers=num_workers, prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
+                worker_init_fn=functools.partial(_init_worker, seed=seed, rank=rank),
+                multiprocessing_context="spawn")
+
+
 def build_loader(clips: Sequence[Clip], batch_size: int, num_workers: int, train: bool, size: int,
                  num_frames: int = 16, seed: int = 0, rank: int = 0, world_size: int = 1,
                  drop_last: bool | None = None, collate_extra: CollateExtra | None = None,
@@ -226,13 +240,10 @@ def build_loader(clips: Sequence[Clip], batch_size: int, num_workers: int, train
                           max_pixels=max_pixels, decode_threads=decode_threads, short_side=short_side)
     sampler = ClipBatchSampler(len(dataset), batch_size, shuffle=train, seed=seed, rank=rank,
                                world_size=world_size, drop_last=drop_last)
-    workers_kw: dict[str, Any] = {}
-    if num_workers > 0:
-        workers_kw = dict(prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
-                          worker_init_fn=functools.partial(_init_worker, seed=seed, rank=rank))
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+    return DataLoader(dataset, batch_sampler=sampler,
                       collate_fn=ClipCollator(seed=seed, rank=rank, collate_extra=collate_extra),
-                      pin_memory=pin_memory, **workers_kw)
+                      pin_memory=pin_memory, **worker_options(num_workers, seed, rank, prefetch_factor,
+                                                              persistent_workers))
 
 
 def count_skips(skipped: Sequence[tuple[str, str]]) -> dict[str, int]:

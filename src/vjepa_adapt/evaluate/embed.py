@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from vjepa_adapt import storage
 from vjepa_adapt.data.clips import Clip
+from vjepa_adapt.data.loader import worker_options
 from vjepa_adapt.models.pooling import pool_tokens
 from vjepa_adapt.models.vjepa import autocast_context, encode_full, token_grid
 from vjepa_adapt.progress import get_logger, progress
@@ -77,8 +78,8 @@ def embed_clips(
             batches.append(list(range(b, min(b + batch_size, hi))))
             batch_chunk.append(k)
     ds = ClipDataset(list(clips), num_frames=num_frames, size=size, seed=0, train=False)
-    loader = DataLoader(ds, batch_sampler=batches, collate_fn=Collate(), num_workers=num_workers,
-                        prefetch_factor=4 if num_workers > 0 else None, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(ds, batch_sampler=batches, collate_fn=Collate(), generator=torch.Generator().manual_seed(0),
+                        **worker_options(num_workers, prefetch_factor=4, persistent_workers=False))
     acc: dict[str, list] = {"ids": [], "tokens": [], "mean": [], "skipped": []}
     current = todo[0] if todo else -1
     for k, batch in zip(batch_chunk, progress(loader, desc="embed", total=len(batches), unit="batch")):

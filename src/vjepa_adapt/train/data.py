@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from vjepa_adapt.data.clips import Clip
 from vjepa_adapt.data.loader import ClipDataset as LoaderClipDataset
-from vjepa_adapt.data.loader import collate_clips
+from vjepa_adapt.data.loader import collate_clips, worker_options
 from vjepa_adapt.masking import MultiblockMasker
 
 
@@ -121,15 +121,15 @@ def build_train_loader(dataset: ClipDataset, sampler: StepBatchSampler, masker: 
                        num_workers: int) -> DataLoader:
     # An own generator: creating a loader iterator must not draw from the global RNG, or a resumed
     # run (which restores the global RNG first) would see a shifted dropout stream.
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=Collate(masker), num_workers=num_workers,
-                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
-                      generator=torch.Generator().manual_seed(0))
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=Collate(masker),
+                      generator=torch.Generator().manual_seed(0),
+                      **worker_options(num_workers, seed=dataset.seed, prefetch_factor=4))
 
 
-def build_eval_loader(dataset: ClipDataset, batch_size: int, num_workers: int,
-                      masker: MultiblockMasker | None = None) -> DataLoader:
-    """In-order batches; masks (if any) are a fixed function of the batch index, so every eval sees the same."""
+def build_eval_loader(dataset: ClipDataset, batch_size: int, masker: MultiblockMasker | None = None) -> DataLoader:
+    """In-order batches in this process (evals are short: spawning workers would cost more than
+    they save); masks (if any) are a fixed function of the batch index, so every eval sees the same."""
     batches = [[(i, EVAL_STEP_BASE + b) for i in range(s, min(s + batch_size, len(dataset)))]
                for b, s in enumerate(range(0, len(dataset), batch_size))]
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=Collate(masker), num_workers=num_workers,
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=Collate(masker), num_workers=0,
                       generator=torch.Generator().manual_seed(0))

@@ -310,7 +310,7 @@ def train(
         row = {"step": done, "lr": lr, "tau": tau, "grad_norm": float(grad_norm), **logs,
                "data_wait_s": t_data, "compute_s": t_step}
         if done % tcfg.eval_every == 0 or done == tcfg.steps:
-            ev = evaluate(student, teacher, val_set, probe_set, masker, tcfg, anchors, dev, dtype, num_workers)
+            ev = evaluate(student, teacher, val_set, probe_set, masker, tcfg, anchors, dev, dtype)
             row.update(ev)
             score = ev["val_score"]
             if score > best_score:
@@ -383,14 +383,14 @@ def _export(folder: Path, student: Student, teacher: nn.Module | None, tcfg: Tra
 @torch.no_grad()
 def evaluate(student: Student, teacher: nn.Module | None, val_set: ClipDataset, probe_set: ClipDataset,
              masker: MultiblockMasker | None, tcfg: TrainConfig, anchors: list[torch.Tensor], dev: torch.device,
-             dtype: str, num_workers: int) -> dict[str, Any]:
+             dtype: str) -> dict[str, Any]:
     """Val JEPA and motion_aux losses, a nearest-centroid probe on val, collapse and drift monitors."""
     student.eval()
     enc = exported_encoder(student, teacher, tcfg)
     sums: dict[str, float] = {}
     n = 0
     val_feats, val_labels = [], []
-    for batch in build_eval_loader(val_set, tcfg.batch_size, num_workers, masker):
+    for batch in build_eval_loader(val_set, tcfg.batch_size, masker):
         if batch["video"] is None:
             continue
         video = batch["video"].to(dev)
@@ -409,7 +409,7 @@ def evaluate(student: Student, teacher: nn.Module | None, val_set: ClipDataset, 
         val_feats.append(feats.cpu())
         val_labels.append(batch["label"] if "label" in batch else torch.full((b,), -1))
     res: dict[str, Any] = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
-    res["val_centroid_acc"] = _centroid_probe(enc, probe_set, val_feats, val_labels, dev, dtype, tcfg, num_workers)
+    res["val_centroid_acc"] = _centroid_probe(enc, probe_set, val_feats, val_labels, dev, dtype, tcfg)
     drift = relative_drift(list(student.encoder.parameters()), anchors)
     # NaN entries are tensors with ‖θ₀‖ = 0 (zero-initialised biases): no relative drift defined.
     res["drift_mean"] = float(np.nanmean(drift)) if drift else 0.0
@@ -425,14 +425,13 @@ def evaluate(student: Student, teacher: nn.Module | None, val_set: ClipDataset, 
 
 
 def _centroid_probe(enc: nn.Module, probe_set: ClipDataset, val_feats: list[torch.Tensor],
-                    val_labels: list[torch.Tensor], dev: torch.device, dtype: str, tcfg: TrainConfig,
-                    num_workers: int) -> float:
+                    val_labels: list[torch.Tensor], dev: torch.device, dtype: str, tcfg: TrainConfig) -> float:
     """Nearest class centroid (cosine) fitted on a train sample, scored on val. NaN without labels."""
     vx, vy = torch.cat(val_feats), torch.cat(val_labels)
     if probe_set.aux is None or not bool((vy >= 0).any()):
         return float("nan")
     xs, ys = [], []
-    for batch in build_eval_loader(probe_set, tcfg.batch_size, num_workers):
+    for batch in build_eval_loader(probe_set, tcfg.batch_size):
         if batch["video"] is not None:
             with autocast_context(dev.type, dtype):
                 xs.append(encode_full(enc, batch["video"].to(dev)).mean(dim=1).float().cpu())
