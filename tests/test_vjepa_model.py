@@ -440,3 +440,21 @@ def test_pool_tokens_hand_computed():
         pool_tokens(tokens, (2, 4, 2))
     with pytest.raises(ValueError, match="out_grid"):
         pool_tokens(tokens, grid, out_grid=(4, 4, 4))
+
+
+@pytest.mark.slow
+def test_compile_blocks_keeps_outputs_and_parameter_names():
+    from vjepa_adapt.models.vjepa import apply_performance_switches, build_model, encode_full
+
+    torch.manual_seed(0)
+    model = build_model("tiny", crop_size=32, frames_per_clip=8, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, pred_hidden_size=32, pred_num_hidden_layers=1,
+                        pred_num_attention_heads=2)
+    video = torch.randn(1, 8, 3, 32, 32)
+    names = list(model.state_dict())
+    with torch.no_grad():
+        ref = encode_full(model.encoder, video)
+    apply_performance_switches(model, gradient_checkpointing=True, compile=True)
+    assert list(model.state_dict()) == names  # checkpoints unchanged by compiling
+    with torch.no_grad():
+        torch.testing.assert_close(encode_full(model.encoder, video), ref, rtol=1e-4, atol=1e-4)

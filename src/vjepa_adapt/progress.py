@@ -49,3 +49,37 @@ def progress(iterable: Iterable[T], desc: str = "", total: int | None = None, un
     from tqdm.auto import tqdm
 
     yield from tqdm(iterable, desc=desc, total=total, unit=unit, dynamic_ncols=True, leave=False)
+
+
+class MetricsLog:
+    """Training metrics: one JSON line per step in ``metrics.jsonl`` (always), and TensorBoard event
+    files in ``tb/`` when the ``tensorboard`` package is installed (``pip install vjepa-adapt[tensorboard]``)."""
+
+    def __init__(self, folder: str | os.PathLike, enabled: bool = True):
+        from pathlib import Path
+
+        self.path = Path(folder) / "metrics.jsonl"
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # optional dependency: JSONL alone is the contract
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self._tb = SummaryWriter(log_dir=str(Path(folder) / "tb"))
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        from vjepa_adapt import storage
+
+        storage.append_jsonl(self.path, row)
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -200,13 +200,20 @@ def frozen_weights(ctx_or_cfg: PipelineConfig, run_dir: Path) -> str:
     return str(run_dir / "base" / "final" / "encoder")
 
 
+def _perf(model, cfg: PipelineConfig):
+    from vjepa_adapt.models.vjepa import apply_performance_switches
+
+    return apply_performance_switches(model, gradient_checkpointing=cfg.model.gradient_checkpointing,
+                                      compile=cfg.model.compile)
+
+
 def build_random(cfg: PipelineConfig):
     from vjepa_adapt.models.vjepa import build_model
 
     torch.manual_seed(cfg.run.seed)
     extra = {"patch_size": cfg.model.patch_size} if cfg.model.patch_size else {}
-    return build_model(cfg.model.preset, crop_size=cfg.data.size, frames_per_clip=cfg.data.num_frames,
-                       attn_implementation=cfg.model.attn_implementation, **extra)
+    return _perf(build_model(cfg.model.preset, crop_size=cfg.data.size, frames_per_clip=cfg.data.num_frames,
+                             attn_implementation=cfg.model.attn_implementation, **extra), cfg)
 
 
 def load_frozen(cfg: PipelineConfig, run_dir: Path):
@@ -217,7 +224,7 @@ def load_frozen(cfg: PipelineConfig, run_dir: Path):
     model, report = load_model(frozen_weights(cfg, run_dir), preset=preset, crop_size=cfg.data.size,
                                frames_per_clip=cfg.data.num_frames, min_loaded_fraction=cfg.model.min_loaded_fraction,
                                attn_implementation=cfg.model.attn_implementation)
-    return model
+    return _perf(model, cfg)
 
 
 def _mask_index(cfg: PipelineConfig) -> int:
@@ -334,6 +341,7 @@ def _embed(ctx: StageContext, arm: str) -> StageResult:
         model, _ = load_model(str(ctx.path_of(arm) / "best" / "encoder"), crop_size=cfg.data.size,
                               frames_per_clip=cfg.data.num_frames, min_loaded_fraction=cfg.model.min_loaded_fraction,
                               attn_implementation=cfg.model.attn_implementation)
+        model = _perf(model, cfg)
     e = cfg.embed
     result = embed_clips(model.encoder, clips, ctx.out_dir, num_frames=cfg.data.num_frames, size=cfg.data.size,
                          batch_size=e.batch_size, chunk_size=e.chunk_size, pooled_grid=tuple(e.pooled_grid),

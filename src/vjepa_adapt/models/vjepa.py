@@ -244,6 +244,24 @@ def enable_activation_checkpointing(model: VJEPA2Model) -> None:
     unwrap_model(model).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
+def compile_blocks(model: VJEPA2Model) -> None:
+    """``torch.compile`` every encoder/predictor block in place (``nn.Module.compile``), so parameter
+    names and checkpoints are unchanged; dynamic shapes because context/target counts vary per step."""
+    model = unwrap_model(model)
+    for layer in [*model.encoder.layer, *model.predictor.layer]:
+        layer.compile(dynamic=True)
+
+
+def apply_performance_switches(model: VJEPA2Model, gradient_checkpointing: bool = False,
+                               compile: bool = False) -> VJEPA2Model:
+    """The model.* performance settings of the config, applied in one place."""
+    if gradient_checkpointing:
+        enable_activation_checkpointing(model)
+    if compile:
+        compile_blocks(model)
+    return model
+
+
 def maybe_compile(fn: Callable | nn.Module, enabled: bool = False, mode: str | None = None) -> Callable | nn.Module:
     """``torch.compile`` when enabled; dynamic shapes because context/target counts vary per step."""
     if not enabled:

@@ -37,7 +37,7 @@ from vjepa_adapt.models.vjepa import (
     teacher_targets,
     token_grid,
 )
-from vjepa_adapt.progress import get_logger, progress
+from vjepa_adapt.progress import MetricsLog, get_logger, progress
 from vjepa_adapt.train import checkpoint as ckpt
 from vjepa_adapt.train.data import AuxTargets, ClipDataset, StepBatchSampler, build_eval_loader, build_train_loader
 from vjepa_adapt.train.losses import jepa_loss, motion_aux_loss
@@ -245,6 +245,7 @@ def train(
                             aux=aux)
     skipped: list[tuple[str, str]] = []
 
+    metrics = MetricsLog(out_dir, enabled=d.is_main)  # only rank 0 writes
     current_stage: Stage | None = None
     wrapped: nn.Module = student
     t_data = t_step = 0.0
@@ -322,8 +323,7 @@ def train(
             log.info(f"step {done}/{tcfg.steps}: loss={row['loss']:.4f} lr={lr:.3g} "
                      f"data-wait {t_data / max(t_data + t_step, 1e-9):.0%}")
         history.append(row)
-        if d.is_main:
-            storage.append_jsonl(out_dir / "metrics.jsonl", row)
+        metrics.write(row)
         if d.is_main and (done % tcfg.checkpoint_every == 0 or done == tcfg.steps):
             ckpt.save_checkpoint(out_dir / "checkpoints", done, {
                 "student": student.state_dict(),
@@ -338,6 +338,7 @@ def train(
                 "l2_lambda": l2_lambda,
             }, keep_last=tcfg.keep_last)
         dist.barrier()
+    metrics.close()
     if d.is_main:
         _export(out_dir / "final", student, teacher, tcfg)
     return TrainResult(steps=tcfg.steps, best_step=best_step, best_score=best_score, history=history,
