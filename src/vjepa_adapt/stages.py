@@ -410,12 +410,13 @@ def run_plots(ctx: StageContext) -> StageResult:
         n += 2
     summary = _summary(ctx)
     arms = summary["arms"]
-    plots.plot_top1_bars({a: (v["top1"], v["ci_low"], v["ci_high"]) for a, v in arms.items()},
-                         ctx.out_dir / "top1.png", chance=1.0 / next(iter(arms.values()))["num_classes"])
     ref = ctx.cfg.report.reference_arm
+    plots.plot_top1_bars({a: (v["top1"], v["ci_low"], v["ci_high"]) for a, v in arms.items()},
+                         ctx.out_dir / "top1.png", chance=1.0 / next(iter(arms.values()))["num_classes"],
+                         reference_name=ref)
     plots.plot_delta_forest({a: (v["delta_vs_frozen"], v["delta_ci_low"], v["delta_ci_high"])
                              for a, v in arms.items() if a != ref}, ctx.out_dir / "delta_forest.png",
-                            reference_name=ref)
+                            reference_name=ref, p_values={a: v["p_value"] for a, v in arms.items() if a != ref})
     return StageResult(done=n + 2)
 
 
