@@ -106,6 +106,15 @@ class Student(nn.Module):
         return out
 
 
+def _to_device(batch: dict[str, Any], dev: torch.device) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                torch.Tensor | None]:
+    """video (B, T, 3, S, S), motion_aux labels (B,) and regression targets (B, R) on the device."""
+    video = batch["video"].to(dev, non_blocking=True)
+    label = batch["label"].to(dev) if "label" in batch else None
+    reg = batch["reg"].to(dev) if "reg" in batch else None
+    return video, label, reg
+
+
 def _gather(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # (B, N, D)
 
@@ -275,9 +284,7 @@ def train(
             if batch["video"] is None:
                 continue
             t0 = time.perf_counter()
-            video = batch["video"].to(dev, non_blocking=True)  # (B, T, 3, S, S)
-            label = batch["label"].to(dev) if "label" in batch else None
-            reg = batch["reg"].to(dev) if "reg" in batch else None
+            video, label, reg = _to_device(batch, dev)
             with autocast_context(dev.type, dtype):
                 targets = teacher_targets(teacher, video) if teacher is not None else None  # (B, N, D)
                 out = wrapped(video, batch.get("masks"), targets, label, reg, tcfg.motion_aux_weight)
@@ -394,11 +401,10 @@ def evaluate(student: Student, teacher: nn.Module | None, val_set: ClipDataset, 
     for batch in build_eval_loader(val_set, tcfg.batch_size, masker):
         if batch["video"] is None:
             continue
-        video = batch["video"].to(dev)
+        video, label, reg = _to_device(batch, dev)
         with autocast_context(dev.type, dtype):
             targets = teacher_targets(teacher, video) if teacher is not None else None
-            out = student(video, batch.get("masks"), targets, batch.get("label", None) if "label" in batch else None,
-                          batch["reg"].to(dev) if "reg" in batch else None, tcfg.motion_aux_weight or 1.0)
+            out = student(video, batch.get("masks"), targets, label, reg, tcfg.motion_aux_weight or 1.0)
             feats = encode_full(enc, video).mean(dim=1).float()  # (B, D)
         b = video.shape[0]
         n += b
