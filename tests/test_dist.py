@@ -52,7 +52,6 @@ def test_two_process_ddp_ranks_stay_equal_across_a_stage_change(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    torch.manual_seed(0)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # and they trained: the last block only trains in stage 2, after the DDP re-wrap

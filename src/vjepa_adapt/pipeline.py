@@ -14,6 +14,7 @@ hashes of the stages it needs, so
 
 from __future__ import annotations
 
+import functools
 import platform
 import shutil
 import time
@@ -58,8 +59,8 @@ class StageSpec:
         return self.folder or self.name
 
 
-def _config_subset(cfg: PipelineConfig, paths: list[str]) -> dict[str, Any]:
-    dumped = cfg.model_dump(mode="json")
+def _config_subset(dumped: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    """The subtrees at dotted ``paths`` of a dumped config."""
     out: dict[str, Any] = {}
     for p in paths:
         node: Any = dumped
@@ -84,11 +85,12 @@ def _non_default(value: Any, default: Any) -> Any:
 _MISSING = object()
 
 
-def _hash_subset(cfg: PipelineConfig, paths: list[str]) -> dict[str, Any]:
-    current, defaults = _config_subset(cfg, paths), _config_subset(PipelineConfig(), paths)
+def _hash_subset(dumped: dict[str, Any], default_dump: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    current, defaults = _config_subset(dumped, paths), _config_subset(default_dump, paths)
     return {p: _non_default(current[p], defaults[p]) for p in paths if current[p] != defaults[p]}
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -146,13 +148,14 @@ class StageGraph:
         return [n for n in self._order if n in want]
 
     def hashes(self, cfg: PipelineConfig) -> dict[str, str]:
+        dumped, default_dump = cfg.model_dump(mode="json"), PipelineConfig().model_dump(mode="json")
         out: dict[str, str] = {}
         for n in self._order:
             s = self.specs[n]
             out[n] = config_hash(
                 {
                     "stage": n,
-                    "config": _hash_subset(cfg, s.reads),
+                    "config": _hash_subset(dumped, default_dump, s.reads),
                     "inputs": s.inputs(cfg) if s.inputs else None,
                     "needs": {m: out[m] for m in s.needs},
                 }
@@ -222,7 +225,7 @@ def write_stage_record(
             "hash": hash_,
             "needs": spec.needs,
             "inputs": spec.inputs(cfg) if spec.inputs else None,
-            "config": _config_subset(cfg, spec.reads),
+            "config": _config_subset(cfg.model_dump(mode="json"), spec.reads),
             "versions": _versions(),
             "done": result.done,
             "skipped": [{"clip": s.clip, "reason": s.reason} for s in result.skipped],

@@ -193,10 +193,10 @@ def _truth_agreement(clips: list[Clip], derived: dict[str, str]) -> float | None
 # ------------------------------------------------------------------------------------ models
 
 
-def frozen_weights(ctx_or_cfg: PipelineConfig, run_dir: Path) -> str:
+def frozen_weights(cfg: PipelineConfig, run_dir: Path) -> str:
     """The encoder every arm starts from: model.weights, or the demo's base model."""
-    if ctx_or_cfg.model.weights:
-        return ctx_or_cfg.model.weights
+    if cfg.model.weights:
+        return cfg.model.weights
     return str(run_dir / "base" / "final" / "encoder")
 
 
@@ -263,7 +263,7 @@ def _train_result(res, n_clips: int) -> StageResult:
     out = StageResult(done=res.steps, extra={"best_step": res.best_step, "best_score": res.best_score,
                                              "clips": n_clips, "last": {k: v for k, v in res.history[-1].items()
                                                                        if k != "drift_blocks"}})
-    for cid, reason in dict(res.skipped).items():
+    for cid, reason in dict(res.skipped).items():  # a bad clip is met once per epoch: report it once
         out.skip(cid, reason)
     return out
 

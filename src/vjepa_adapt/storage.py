@@ -9,6 +9,7 @@ A full disk raises ``OSError`` before the rename, so the previous good file is k
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -18,8 +19,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 TMP_PREFIX = ".tmp-"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -34,7 +33,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     # mkstemp creates 0600; give the file the permissions a plain open() would (reports are shared).
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
             yield fh  # type: ignore[misc]
@@ -46,6 +45,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask, read once on first write (not at import: reading it means setting it)."""
+    try:  # Linux exposes it without touching it
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

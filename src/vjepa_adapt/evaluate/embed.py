@@ -13,16 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from vjepa_adapt import storage
 from vjepa_adapt.data.clips import Clip
-from vjepa_adapt.data.loader import worker_options
 from vjepa_adapt.models.pooling import pool_tokens
 from vjepa_adapt.models.vjepa import autocast_context, encode_full, token_grid
 from vjepa_adapt.progress import get_logger, progress
 from vjepa_adapt.stage_result import StageResult
-from vjepa_adapt.train.data import ClipDataset, Collate
+from vjepa_adapt.train.data import ClipDataset, build_eval_loader
 
 log = get_logger("embed")
 FEATURES_FILE = "features.npz"
@@ -78,8 +76,7 @@ def embed_clips(
             batches.append(list(range(b, min(b + batch_size, hi))))
             batch_chunk.append(k)
     ds = ClipDataset(list(clips), num_frames=num_frames, size=size, seed=0, train=False)
-    loader = DataLoader(ds, batch_sampler=batches, collate_fn=Collate(), generator=torch.Generator().manual_seed(0),
-                        **worker_options(num_workers, prefetch_factor=4, persistent_workers=False))
+    loader = build_eval_loader(ds, batch_size, batches=batches, num_workers=num_workers)
     acc: dict[str, list] = {"ids": [], "tokens": [], "mean": [], "skipped": []}
     current = todo[0] if todo else -1
     for k, batch in zip(batch_chunk, progress(loader, desc="embed", total=len(batches), unit="batch")):

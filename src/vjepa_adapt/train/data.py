@@ -126,10 +126,17 @@ def build_train_loader(dataset: ClipDataset, sampler: StepBatchSampler, masker: 
                       **worker_options(num_workers, seed=dataset.seed, prefetch_factor=4))
 
 
-def build_eval_loader(dataset: ClipDataset, batch_size: int, masker: MultiblockMasker | None = None) -> DataLoader:
-    """In-order batches in this process (evals are short: spawning workers would cost more than
-    they save); masks (if any) are a fixed function of the batch index, so every eval sees the same."""
-    batches = [[(i, EVAL_STEP_BASE + b) for i in range(s, min(s + batch_size, len(dataset)))]
-               for b, s in enumerate(range(0, len(dataset), batch_size))]
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=Collate(masker), num_workers=0,
-                      generator=torch.Generator().manual_seed(0))
+def build_eval_loader(dataset: ClipDataset, batch_size: int, masker: MultiblockMasker | None = None,
+                      batches: list[list[int]] | None = None, num_workers: int = 0) -> DataLoader:
+    """In-order batches (default: consecutive runs of ``batch_size``; or the given index lists).
+
+    Masks (if any) are a fixed function of the batch's position, so every eval sees the same.
+    The trainer's evals decode in-process (short: starting workers would cost more than they save);
+    embed passes ``num_workers`` to overlap decoding with its longer pass.
+    """
+    if batches is None:
+        batches = [list(range(s, min(s + batch_size, len(dataset)))) for s in range(0, len(dataset), batch_size)]
+    keyed = [[(i, EVAL_STEP_BASE + b) for i in batch] for b, batch in enumerate(batches)]
+    return DataLoader(dataset, batch_sampler=keyed, collate_fn=Collate(masker),
+                      generator=torch.Generator().manual_seed(0),
+                      **worker_options(num_workers, prefetch_factor=4, persistent_workers=False))

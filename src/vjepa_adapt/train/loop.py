@@ -43,7 +43,14 @@ from vjepa_adapt.train.data import AuxTargets, ClipDataset, StepBatchSampler, bu
 from vjepa_adapt.train.losses import jepa_loss, motion_aux_loss
 from vjepa_adapt.train.optim import apply_schedule, build_param_groups, freeze_module
 from vjepa_adapt.train.optim import set_trainable as set_encoder_trainable
-from vjepa_adapt.train.regularizers import SPD, add_l2_anchor_grad_, ema_update, relative_drift, snapshot
+from vjepa_adapt.train.regularizers import (
+    SPD,
+    add_l2_anchor_grad_,
+    deviation_norms,
+    ema_update,
+    relative_drift,
+    snapshot,
+)
 from vjepa_adapt.train.schedules import ema_momentum, warmup_cosine
 
 log = get_logger("train")
@@ -454,12 +461,12 @@ def _centroid_probe(enc: nn.Module, probe_set: ClipDataset, val_feats: list[torc
 
 
 def _per_block_drift(encoder: nn.Module, anchors: list[torch.Tensor]) -> list[float]:
+    """‖θ−θ₀‖/‖θ₀‖ of each encoder block as a whole (its tensors pooled)."""
     names = [n for n, _ in encoder.named_parameters()]
-    params = list(encoder.parameters())
+    dev2 = deviation_norms(list(encoder.parameters()), anchors).pow(2).tolist()  # per tensor
+    ref2 = [float(a.float().norm()) ** 2 for a in anchors]  # ‖θ₀‖² per tensor
     out = []
     for i in range(len(encoder.layer)):
         idx = [j for j, n in enumerate(names) if n.startswith(f"layer.{i}.")]
-        num = sum(float((params[j].detach() - anchors[j]).pow(2).sum()) for j in idx)
-        den = sum(float(anchors[j].pow(2).sum()) for j in idx)
-        out.append(math.sqrt(num) / max(math.sqrt(den), 1e-12))
+        out.append(math.sqrt(sum(dev2[j] for j in idx)) / max(math.sqrt(sum(ref2[j] for j in idx)), 1e-12))
     return out
