@@ -13,9 +13,7 @@ from vjepa_adapt.data.loader import (
     ClipBatchSampler,
     ClipDataset,
     build_loader,
-    check_bad_share,
     collate_clips,
-    count_skips,
     derive_seed,
     set_loader_epoch,
 )
@@ -148,11 +146,17 @@ def test_derive_seed_mixes_its_parts():
 
 
 def test_bad_share_limit():
+    # one limit for every stage: vjepa_adapt.stage_result.check_bad_share
+    from vjepa_adapt.stage_result import StageResult, check_bad_share
+
     skipped = [("a", "empty"), ("b", "truncated"), ("c", "truncated")]
-    assert count_skips(skipped) == {"truncated": 2, "empty": 1}
-    check_bad_share(skipped, total=10, max_bad_share=0.3)  # 30% is allowed
-    with pytest.raises(BadInputError, match=r"3 of 9 clips \(33%\).*truncated: 2, empty: 1"):
-        check_bad_share(skipped, total=9, max_bad_share=0.3)
+    ok = StageResult(done=7)
+    for clip, reason in skipped:
+        ok.skip(clip, reason)
+    check_bad_share(ok, max_bad_fraction=0.3, stage="embed")  # 30% is allowed
+    bad = StageResult(done=6, skipped=list(ok.skipped))
+    with pytest.raises(BadInputError, match=r"3/9 clips unusable \(33%.*truncated ×2, empty ×1"):
+        check_bad_share(bad, max_bad_fraction=0.3, stage="embed")
 
 
 def test_loader_reads_shards_like_files(tmp_path, clip_set):

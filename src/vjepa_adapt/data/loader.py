@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from vjepa_adapt.data.clips import Clip, open_clip
 from vjepa_adapt.data.transforms import eval_transform, train_transform
 from vjepa_adapt.data.video import DEFAULT_MAX_PIXELS, VideoError, read_frames
-from vjepa_adapt.errors import BadInputError
 from vjepa_adapt.progress import get_logger
 
 log = get_logger("data.loader")
@@ -255,23 +254,6 @@ def build_loader(clips: Sequence[Clip], batch_size: int, num_workers: int, train
                       collate_fn=ClipCollator(seed=seed, rank=rank, collate_extra=collate_extra),
                       pin_memory=pin_memory, **worker_options(num_workers, seed, rank, prefetch_factor,
                                                               persistent_workers))
-
-
-def count_skips(skipped: Sequence[tuple[str, str]]) -> dict[str, int]:
-    """``{reason: count}`` over ``(clip_id, reason)`` skip records, most frequent first."""
-    counts: dict[str, int] = {}
-    for _, reason in skipped:
-        counts[reason] = counts.get(reason, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def check_bad_share(skipped: Sequence[tuple[str, str]], total: int, max_bad_share: float) -> None:
-    """Raise ``BadInputError`` when more than ``max_bad_share`` of ``total`` clips were skipped."""
-    bad = len({clip_id for clip_id, _ in skipped})
-    if total > 0 and bad / total > max_bad_share:
-        reasons = ", ".join(f"{r}: {n}" for r, n in count_skips(skipped).items())
-        raise BadInputError(f"{bad} of {total} clips ({bad / total:.0%}) could not be used ({reasons}); "
-                            f"the limit is {max_bad_share:.0%} (max_bad_share)")
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
