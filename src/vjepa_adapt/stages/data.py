@@ -1,0 +1,171 @@
+"""Ch 9 data stages: the synthetic world, the clip list and splits, tags, motion labels."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from vjepa_adapt import storage
+from vjepa_adapt.config import PipelineConfig
+from vjepa_adapt.data.clips import Clip
+from vjepa_adapt.errors import UserError
+from vjepa_adapt.pipeline import StageContext
+from vjepa_adapt.progress import get_logger
+from vjepa_adapt.stage_result import StageResult, check_bad_share
+from vjepa_adapt.stages.encoders import resolve_device
+
+log = get_logger("stages")
+
+CLIPS_FILE, SPLITS_FILE = "clips.jsonl", "splits.csv"
+
+
+def synth_command(cfg: PipelineConfig, out: str, num_clips: int | None, style: str, seed: int | None) -> None:
+    from vjepa_adapt.data.synthetic import generate_world
+
+    s = cfg.synth
+    n = num_clips if num_clips is not None else (s.target_clips if style == "target" else s.source_clips)
+    recs = generate_world(out, num_clips=n, style=style, seed=s.seed if seed is None else seed, width=s.width,
+                          height=s.height, num_frames=s.num_frames, fps=s.fps, clips_per_video=s.clips_per_video)
+    print(f"wrote {len(recs)} {style} clips to {out} (manifest.jsonl, contact_sheet.png)")
+
+
+def run_synth(ctx: StageContext) -> StageResult:
+    from vjepa_adapt.data.synthetic import generate_world
+
+    s = ctx.cfg.synth
+    total = 0
+    for style, n, seed in (("source", s.source_clips, s.seed + 1), ("target", s.target_clips, s.seed)):
+        if n:
+            total += len(generate_world(ctx.out_dir / style, num_clips=n, style=style, seed=seed, width=s.width,
+                                        height=s.height, num_frames=s.num_frames, fps=s.fps,
+                                        clips_per_video=s.clips_per_video, num_workers=max(s.workers, 1),
+                                        skip_existing=True))  # an interrupted synth resumes
+    return StageResult(done=total)
+
+
+# ------------------------------------------------------------------------------------ clips + splits
+
+
+def clips_source(cfg: PipelineConfig, run_dir: Path) -> str:
+    return cfg.data.clips if cfg.data.clips else str(run_dir / "synth" / "target" / "manifest.jsonl")
+
+
+def clips_fingerprint(cfg: PipelineConfig) -> Any:
+    """What the clip list depends on outside the run: the source path and its size/mtime."""
+    if not cfg.data.clips:
+        return None
+    p = Path(cfg.data.clips)
+    if p.exists():
+        st = p.stat()
+        return {"source": str(p.resolve()), "mtime": int(st.st_mtime), "size": st.st_size}
+    return {"source": cfg.data.clips}
+
+
+def run_clips(ctx: StageContext) -> StageResult:
+    from vjepa_adapt.data.clips import (
+        cut_into_clips,
+        load_clips,
+        make_splits,
+        save_splits,
+    )
+
+    clips = load_clips(clips_source(ctx.cfg, ctx.run_dir))
+    if ctx.cfg.data.clip_seconds:
+        clips = cut_into_clips(clips, clip_seconds=ctx.cfg.data.clip_seconds)
+    if not clips:
+        raise UserError(f"no clips found in {clips_source(ctx.cfg, ctx.run_dir)}")
+    # Stratify by the generator's intended class when the manifest has one (synthetic world).
+    labels = {c.clip_id: str(c.meta["motion_class"]) for c in clips if c.meta.get("motion_class")} or None
+    splits = make_splits(clips, ratios=tuple(ctx.cfg.data.split_ratios), seed=ctx.cfg.data.split_seed, labels=labels)
+    storage.write_jsonl(ctx.out_dir / CLIPS_FILE, [_clip_row(c) for c in clips])
+    save_splits(ctx.out_dir / SPLITS_FILE, splits)
+    counts = {s: sum(1 for v in splits.values() if v == s) for s in ("train", "val", "test")}
+    return StageResult(done=len(clips), extra={"splits": counts, "videos": len({c.video_id for c in clips})})
+
+
+def _clip_row(c: Clip) -> dict[str, Any]:
+    return {"clip_id": c.clip_id, "path": c.path, "video_id": c.video_id, "start": c.start, "end": c.end,
+            **{k: v for k, v in c.meta.items() if isinstance(v, (str, int, float, bool)) or v is None}}
+
+
+def load_run_clips(run_dir: Path) -> tuple[list[Clip], dict[str, str]]:
+    from vjepa_adapt.data.clips import load_splits
+
+    rows = storage.read_jsonl(run_dir / "clips" / CLIPS_FILE)
+    base = {"clip_id", "path", "video_id", "start", "end"}
+    clips = [Clip(r["clip_id"], r["path"], r["video_id"], r.get("start"), r.get("end"),
+                  {k: v for k, v in r.items() if k not in base}) for r in rows]
+    return clips, load_splits(run_dir / "clips" / SPLITS_FILE)
+
+
+# ------------------------------------------------------------------------------------ tag, motion
+
+
+def run_tag(ctx: StageContext) -> StageResult:
+    from vjepa_adapt.data.clips import open_clip
+    from vjepa_adapt.data.video import VideoError, read_frames
+    from vjepa_adapt.tagging import build_backend, load_taxonomy, tag_clips
+
+    t = ctx.cfg.tag
+    taxonomy = load_taxonomy(t.taxonomy)
+    kwargs: dict[str, Any] = {}
+    if t.backend == "hf":
+        kwargs.update(model_id_or_path=t.model, max_new_tokens=t.max_new_tokens, num_frames_for_vlm=t.num_frames,
+                      device=resolve_device(ctx.cfg))
+    elif t.backend == "openai":
+        kwargs.update(base_url=t.base_url, model=t.model or "default", api_key=os.environ.get(t.api_key_env),
+                      timeout_s=t.timeout_s, max_new_tokens=t.max_new_tokens, num_frames_for_vlm=t.num_frames)
+    backend = build_backend(t.backend, taxonomy=taxonomy, **kwargs)
+    clips, _ = load_run_clips(ctx.run_dir)
+    # The heuristic measures motion from consecutive frames: read a short run at the clip's own fps.
+    n = 8 if t.backend == "heuristic" else max(t.num_frames, 8)
+
+    def items():
+        for c in clips:
+            try:
+                yield c.clip_id, read_frames(open_clip(c), num_frames=n, start=c.start, end=c.end)
+            except VideoError as e:
+                yield c.clip_id, e
+
+    return tag_clips(items(), backend, taxonomy, ctx.out_dir / "tags.jsonl", total=len(clips),
+                     max_default_fraction=t.max_default_fraction, max_bad_fraction=ctx.cfg.data.max_bad_fraction)
+
+
+def run_motion(ctx: StageContext) -> StageResult:
+    from vjepa_adapt.data.clips import open_clip
+    from vjepa_adapt.motion import (
+        build_labels,
+        extract_features_for_clips,
+        read_clip_pairs,
+        write_motion_outputs,
+    )
+
+    m = ctx.cfg.motion
+    clips, splits = load_run_clips(ctx.run_dir)
+    device = resolve_device(ctx.cfg)
+    items = ((c.clip_id, (lambda c=c: read_clip_pairs(open_clip(c), num_pairs=m.num_pairs, start=c.start,
+                                                       end=c.end))) for c in clips)
+    ext = extract_features_for_clips(items, backend=m.backend, max_side=m.max_side, device=device, total=len(clips),
+                                     checkpoint_path=ctx.out_dir / "partial.npz")
+    result = StageResult(done=len(ext.features))
+    for cid, reason in ext.skipped:
+        result.skip(cid, reason)
+    check_bad_share(result, ctx.cfg.data.max_bad_fraction, "motion")
+    kept_splits = {c: splits[c] for c in ext.features}
+    label_set = build_labels(ext.features, kept_splits, num_classes=m.num_classes,
+                             min_count_per_split=m.min_count_per_split, magnitude=m.magnitude)
+    write_motion_outputs(ctx.out_dir, ext.features, label_set, kept_splits, skipped=ext.skipped, backend=m.backend)
+    (ctx.out_dir / "partial.npz").unlink(missing_ok=True)
+    agreement = _truth_agreement(clips, label_set.all_labels)
+    result.extra.update({"classes": label_set.classes, "kept": len(label_set.labels), "dropped": label_set.dropped,
+                         "cuts": list(label_set.cuts), **({"truth_agreement": agreement} if agreement else {})})
+    if agreement:
+        log.info(f"motion: flow-derived class agrees with the generator's intended class on {agreement:.1%} of clips")
+    return result
+
+
+def _truth_agreement(clips: list[Clip], derived: dict[str, str]) -> float | None:
+    pairs = [(c.meta.get("motion_class"), derived.get(c.clip_id)) for c in clips if c.meta.get("motion_class")]
+    pairs = [(a, b) for a, b in pairs if b is not None]
+    return sum(a == b for a, b in pairs) / len(pairs) if pairs else None
