@@ -3,7 +3,7 @@
 For the demo size (64 px, patch 16) and 128 px (patch 16) it times, on the same real synthetic H.264
 clips and with the same batch size:
 
-* decode: the embed stage's own dataset (``train.data.ClipDataset``, eval transform) in one process;
+* decode: the embed stage's own dataset (``data.loader.ClipDataset``, eval transform) in one process;
 * bare: ``encode_full`` on the pre-decoded tensors (no decoding, no files) — the ceiling;
 * embed: ``vjepa_adapt.evaluate.embed.embed_clips`` end to end (decode in DataLoader workers, pooling,
   chunk files), for each ``--workers`` count;
@@ -33,7 +33,7 @@ from vjepa_adapt.data.clips import Clip, load_clips
 from vjepa_adapt.data.synthetic import generate_world
 from vjepa_adapt.evaluate.embed import embed_clips
 from vjepa_adapt.models.vjepa import autocast_context, build_model, encode_full
-from vjepa_adapt.train.data import ClipDataset
+from vjepa_adapt.data.loader import ClipDataset
 
 FRAMES = 16
 

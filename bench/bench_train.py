@@ -109,7 +109,7 @@ def counted_step_flops(s: Setting, masking: MaskingConfig, seed: int) -> tuple[f
     model = build_model("tiny", crop_size=s.crop, frames_per_clip=FRAMES, patch_size=s.patch,
                         attn_implementation="eager").train()
     teacher = copy.deepcopy(model.encoder).eval().requires_grad_(False)
-    student = loop.Student(model, None, "jepa", mask_index=0)
+    student = loop.Student(model, None, "jepa")
     masker = build_masker(model.config, masking, seed)
     masks = masker(s.batch, 0)
     video = torch.randn(s.batch, FRAMES, 3, s.crop, s.crop)  # (B, T, 3, S, S)

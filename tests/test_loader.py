@@ -1,4 +1,4 @@
-"""DataLoader over clips: skips, reproducibility across worker counts, epochs, ranks and resume."""
+"""The one clip loader (data/loader.py): skips, reproducibility across worker counts, steps, ranks and resume."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ import torch
 from conftest import indexed_frames
 
 from vjepa_adapt.data.clips import Clip
-from vjepa_adapt.errors import BadInputError
 from vjepa_adapt.data.loader import (
-    ClipBatchSampler,
     ClipDataset,
-    build_loader,
-    collate_clips,
-    derive_seed,
-    set_loader_epoch,
+    Collate,
+    StepBatchSampler,
+    batch_to_device,
+    build_eval_loader,
+    build_train_loader,
 )
+from vjepa_adapt.errors import BadInputError
+from vjepa_adapt.masking import MultiblockMasker, derive_generator
 
 
 @pytest.fixture
@@ -38,111 +39,136 @@ def clip_set(tmp_path, make_video):
     return clips
 
 
-def add_noise_mask(batch, gen):
-    # Stand-in for the trainer's mask sampler: one random draw per batch from the given generator.
-    batch["mask"] = torch.rand(len(batch["clip_id"]), 5, generator=gen)
-    return batch
+MASKER = MultiblockMasker(grid=(2, 4, 4), seed=5)  # masks depend on the step only, not on the video
 
 
-def _run(loader, epoch=0, start_batch=0):
-    set_loader_epoch(loader, epoch, start_batch)
-    return list(loader)
+def _train_loader(clips, batch_size, seed, steps, start=0, num_workers=0, rank=0, world_size=1, masker=None):
+    ds = ClipDataset(clips, train=True, size=32, num_frames=4, seed=seed)
+    sampler = StepBatchSampler(len(ds), batch_size, seed, start_step=start, total_steps=steps, rank=rank,
+                               world_size=world_size)
+    return build_train_loader(ds, sampler, masker, num_workers)
 
 
 def test_dataset_returns_samples_and_skip_records(clip_set):
     ds = ClipDataset(clip_set, train=True, size=32, num_frames=4, seed=0)
     item = ds[0]
     assert item["video"].shape == (4, 3, 32, 32) and item["video"].dtype == torch.float32
-    assert item["clip_id"] == "c00" and item["index"] == 0 and isinstance(item["flipped"], bool)
+    assert item["clip_id"] == "c00" and item["index"] == 0 and item["step"] == 0 and isinstance(item["flipped"], bool)
     bad = ds[3]
     assert "video" not in bad and bad["skip_reason"] == "empty" and bad["clip_id"] == "c03"
     assert ds[8]["skip_reason"] == "not_video"
-    # Same (seed, epoch, index) -> same augmentation; another epoch -> another crop.
-    assert torch.equal(ds[(0, 1, 0)]["video"], ds[(0, 1, 5)]["video"])
-    assert not torch.equal(ds[(0, 1, 0)]["video"], ds[(0, 2, 0)]["video"])
+    # Same (seed, step, index) -> same augmentation; another step -> another crop.
+    assert torch.equal(ds[(0, 1)]["video"], ds[(0, 1)]["video"])
+    assert not torch.equal(ds[(0, 1)]["video"], ds[(0, 2)]["video"])
 
 
 def test_collate_drops_bad_clips_and_lists_them(clip_set):
-    ds = ClipDataset(clip_set, train=False, size=32, num_frames=4)
-    batch = collate_clips([ds[2], ds[3], ds[4], ds[8]])
+    ds = ClipDataset(clip_set, train=False, size=32, num_frames=4, seed=0)
+    batch = Collate()([ds[2], ds[3], ds[4], ds[8]])
     assert batch["video"].shape == (2, 4, 3, 32, 32)
     assert batch["clip_id"] == ["c02", "c04"] and batch["index"].tolist() == [2, 4]
     assert batch["flipped"].tolist() == [False, False]
     assert batch["skipped"] == [("c03", "empty"), ("c08", "not_video")]
-    all_bad = collate_clips([ds[3]])
+    all_bad = Collate(MASKER)([ds[3]])
     assert all_bad["video"] is None and all_bad["clip_id"] == [] and all_bad["skipped"] == [("c03", "empty")]
+    assert "masks" not in all_bad  # nothing to mask
 
 
 def test_train_loader_is_reproducible_whatever_the_worker_count(clip_set):
-    kw = dict(batch_size=4, train=True, size=32, num_frames=4, seed=7, collate_extra=add_noise_mask)
-    in_process = _run(build_loader(clip_set, num_workers=0, **kw), epoch=1)
-    with_workers = _run(build_loader(clip_set, num_workers=2, persistent_workers=False, **kw), epoch=1)
-    assert len(in_process) == len(with_workers) == 3  # 12 clips, batch 4, drop_last
+    in_process = list(_train_loader(clip_set, 4, seed=7, steps=3, masker=MASKER))
+    with_workers = list(_train_loader(clip_set, 4, seed=7, steps=3, num_workers=2, masker=MASKER))
+    assert len(in_process) == len(with_workers) == 3  # 12 clips, batch 4: steps 0-2 are epoch 0
     for a, b in zip(in_process, with_workers):
         assert a["clip_id"] == b["clip_id"] and a["skipped"] == b["skipped"]
         assert torch.equal(a["video"], b["video"]) and torch.equal(a["flipped"], b["flipped"])
-        assert torch.equal(a["mask"], b["mask"])
+        for ma, mb in zip(a["masks"], b["masks"]):
+            assert torch.equal(ma.context_ids, mb.context_ids) and torch.equal(ma.target_ids, mb.target_ids)
     # Every clip once per epoch; the two bad ones are reported, not raised.
     seen = [c for b in in_process for c in b["clip_id"]] + [c for b in in_process for c, _ in b["skipped"]]
     assert sorted(seen) == [c.clip_id for c in clip_set]
     assert sorted(r for b in in_process for _, r in b["skipped"]) == ["empty", "not_video"]
-    # Masks differ from batch to batch.
-    assert not torch.equal(in_process[0]["mask"][:1], in_process[1]["mask"][:1])
+    # Masks differ from step to step.
+    a, b = in_process[0]["masks"][0], in_process[1]["masks"][0]
+    assert not (torch.equal(a.target_ids[:1], b.target_ids[:1]) and torch.equal(a.context_ids[:1], b.context_ids[:1]))
 
 
 def test_epochs_reshuffle_deterministically(clip_set):
-    loader = build_loader(clip_set, batch_size=4, num_workers=0, train=True, size=32, num_frames=4, seed=1)
-
-    def order(epoch):
-        return [c for b in _run(loader, epoch) for c in b["clip_id"] + [s for s, _ in b["skipped"]]]
+    def order(first_step):  # 12 clips, batch 4: 3 steps make an epoch
+        loader = _train_loader(clip_set, 4, seed=1, steps=first_step + 3, start=first_step)
+        return [c for b in loader for c in b["clip_id"] + [s for s, _ in b["skipped"]]]
 
     assert order(0) == order(0)
-    assert order(0) != order(1)
-    assert sorted(order(0)) == sorted(order(1))
+    assert order(0) != order(3)
+    assert sorted(order(0)) == sorted(order(3))
 
 
 def test_resume_mid_epoch_skips_exactly_the_consumed_batches(clip_set):
-    loader = build_loader(clip_set, batch_size=3, num_workers=0, train=True, size=32, num_frames=4, seed=2)
-    full = _run(loader, epoch=4)
-    resumed = _run(loader, epoch=4, start_batch=2)
+    full = list(_train_loader(clip_set, 3, seed=2, steps=4))
+    loader = _train_loader(clip_set, 3, seed=2, steps=4, start=2)
+    resumed = list(loader)
     assert len(loader) == 2 and len(resumed) == 2 and len(full) == 4
     for a, b in zip(full[2:], resumed):
-        assert a["clip_id"] == b["clip_id"] and a["batch"] == b["batch"]
+        assert a["clip_id"] == b["clip_id"] and a["step"] == b["step"]
         assert torch.equal(a["video"], b["video"])
 
 
-@pytest.mark.parametrize("n, world_size, drop_last", [(12, 2, True), (11, 3, True), (11, 3, False), (10, 4, False)])
-def test_ranks_get_disjoint_equal_shares(n, world_size, drop_last):
-    shares = []
-    for rank in range(world_size):
-        s = ClipBatchSampler(n, batch_size=2, shuffle=True, seed=5, rank=rank, world_size=world_size,
-                             drop_last=drop_last)
-        s.set_epoch(3)
-        keys = [k for batch in s for k in batch]
-        assert all(epoch == 3 for _, epoch, _ in keys)
-        shares.append([i for i, _, _ in keys] if not drop_last else s.rank_indices().tolist())
-    assert len({len(s) for s in shares}) == 1  # equal size
-    flat = [i for s in shares for i in s]
-    if drop_last:
-        assert len(set(flat)) == len(flat) == n - n % world_size  # disjoint
-    else:
-        assert set(flat) == set(range(n))  # everything covered; the wrap-around pads a few
-        assert len(flat) == -(-n // world_size) * world_size
+@pytest.mark.parametrize("n, world_size", [(12, 2), (11, 3), (10, 4)])
+def test_ranks_get_disjoint_equal_shares(n, world_size):
+    b = 2
+
+    def shares(steps):
+        out = []
+        for rank in range(world_size):
+            s = StepBatchSampler(n, batch_size=b, seed=5, start_step=0, total_steps=steps, rank=rank,
+                                 world_size=world_size)
+            keys = [k for batch in s for k in batch]
+            assert [st for _, st in keys] == [st for st in range(steps) for _ in range(b)]  # keyed by step
+            out.append([i for i, _ in keys])
+        return out
+
+    within = shares(n // (world_size * b))  # the steps that fit in epoch 0
+    assert len({len(s) for s in within}) == 1  # equal size
+    flat = [i for s in within for i in s]
+    assert len(set(flat)) == len(flat)  # disjoint
+    covering = shares(-(-n // (world_size * b)))  # one more step wraps into epoch 1
+    assert len({len(s) for s in covering}) == 1
+    assert set(i for s in covering for i in s) == set(range(n))  # everything covered
 
 
 def test_eval_loader_keeps_order_and_never_flips(clip_set):
-    loader = build_loader(clip_set, batch_size=5, num_workers=0, train=False, size=32, num_frames=4)
-    batches = _run(loader)
+    batches = list(build_eval_loader(ClipDataset(clip_set, train=False, size=32, num_frames=4, seed=0), 5))
     assert len(batches) == 3  # no drop_last in evaluation
     ids = [c for b in batches for c in b["clip_id"]]
     assert ids == [c.clip_id for c in clip_set if c.clip_id not in ("c03", "c08")]
     assert not any(b["flipped"].any() for b in batches)
 
 
-def test_derive_seed_mixes_its_parts():
-    assert derive_seed(1, 2, 3) == derive_seed(1, 2, 3)
-    assert len({derive_seed(0, e, b) for e in range(10) for b in range(10)}) == 100
-    assert derive_seed(1, 2) != derive_seed(2, 1)
+def test_derive_generator_mixes_its_parts():
+    seed = lambda *parts: derive_generator(*parts).initial_seed()  # noqa: E731
+    assert seed(1, 2, 3) == seed(1, 2, 3)
+    assert len({seed(0, e, b) for e in range(10) for b in range(10)}) == 100
+    assert seed(1, 2) != seed(2, 1)
+
+
+def test_batch_to_device_moves_every_tensor_the_model_reads(clip_set):
+    """Masks too (issue #9): a CUDA gather with a CPU index is an error; the 'meta' device shows a
+    tensor left behind on CPU."""
+    ds = ClipDataset(clip_set, train=True, size=32, num_frames=4, seed=0, aux=_aux(clip_set))
+    batch = Collate(MASKER)([ds[(0, 0)], ds[(1, 0)]])
+    moved = batch_to_device(batch, torch.device("meta"))
+    tensors = [moved["video"], moved["label"], moved["reg"]]
+    tensors += [t for m in moved["masks"] for t in (m.context_ids, m.target_ids)]
+    assert len(moved["masks"]) == len(MASKER.specs)
+    assert all(t.device.type == "meta" for t in tensors)
+    assert batch["video"].device.type == "cpu"  # the input batch is left as it was
+
+
+def _aux(clips):
+    from vjepa_adapt.data.loader import AuxTargets
+
+    reg = {c.clip_id: np.full(3, float(i), np.float32) for i, c in enumerate(clips)}
+    return AuxTargets(labels={c.clip_id: i % 2 for i, c in enumerate(clips)}, reg=reg, reg_flipped=reg,
+                      label_flipped={c.clip_id: i % 2 for i, c in enumerate(clips)})
 
 
 def test_bad_share_limit():
@@ -165,6 +191,5 @@ def test_loader_reads_shards_like_files(tmp_path, clip_set):
     good = [c for c in clip_set if c.clip_id not in ("c03", "c08")]
     sharded = load_clips(write_shards(good, tmp_path / "shards", max_per_shard=4)[0].rsplit("/", 1)[0])
     assert [c.clip_id for c in sharded] == [c.clip_id for c in good]
-    kw = dict(batch_size=4, num_workers=0, train=True, size=32, num_frames=4, seed=3)
-    for a, b in zip(_run(build_loader(good, **kw)), _run(build_loader(sharded, **kw))):
+    for a, b in zip(_train_loader(good, 4, seed=3, steps=2), _train_loader(sharded, 4, seed=3, steps=2)):
         assert a["clip_id"] == b["clip_id"] and torch.equal(a["video"], b["video"])

@@ -13,7 +13,6 @@ from vjepa_adapt.masking import (
     build_mask_batch,
     derive_generator,
     equalize_ids,
-    flow_to_token_units,
     sample_block_size,
     sample_motion_guided,
     sample_multiblock,
@@ -285,20 +284,3 @@ def test_masker_motion_guided_path():
     for b in range(2):
         r0, c0 = _block_origin(masks[b, 0])
         assert _block_origin(masks[b, 1]) == (r0, min(c0 + 1, W - 2))
-
-
-def test_flow_to_token_units_hand_values():
-    # 5 frames -> 4 frame flows; tubelet 2 -> T' = 2; patch 4 on 8x8 px -> 2x2 tokens.
-    flow = torch.zeros((4, 8, 8, 2))
-    flow[..., 0] = 4.0  # 4 px per frame right
-    flow[:, :4, :4, 1] = 2.0  # top-left patch also moves 2 px per frame down
-    flow[:, 0, 0, 1] = 34.0  # one outlier pixel: top-left patch mean (15*2+34)/16 = 4 px
-    out = flow_to_token_units(flow, (2, 2, 2), patch_size=4, tubelet_size=2)
-    assert out.shape == (2, 2, 2, 2)
-    # dx: 2 frames * 4 px / 4 px-per-token = 2 tokens per step.
-    assert torch.allclose(out[..., 0], torch.full((2, 2, 2), 2.0))
-    # dy top-left: 4 px per frame * 2 frames / 4 px-per-token = 2 tokens.
-    assert torch.allclose(out[0, 0, 0, 1], torch.tensor(2.0))
-    assert out[0, 1, 1, 1].item() == 0.0
-    with pytest.raises(ValueError):
-        flow_to_token_units(flow, (2, 3, 3), patch_size=4, tubelet_size=2)

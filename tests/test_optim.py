@@ -7,7 +7,7 @@ from vjepa_adapt.train.optim import (
     build_param_groups,
     freeze_module,
     is_no_decay,
-    set_trainable,
+    set_encoder_trainable,
 )
 
 
@@ -109,7 +109,7 @@ def _train_step(m: Model, opt: torch.optim.Optimizer) -> None:
 def test_adamw_skips_frozen_then_trains_after_unfreeze():
     m = Model()
     opt = torch.optim.AdamW(build_param_groups(m.named_parameters(), 1e-2, 0.5))
-    set_trainable(m.encoder, train_below=1)  # embeddings + block 0 (+ norms) train; block 1, 2 frozen
+    set_encoder_trainable(m.encoder, train_below=1)  # embeddings + block 0 (+ norms) train; block 1, 2 frozen
     frozen_w = m.encoder.layer[1].fc.weight
     before = frozen_w.detach().clone()
     trained_before = m.encoder.layer[0].fc.weight.detach().clone()
@@ -119,7 +119,7 @@ def test_adamw_skips_frozen_then_trains_after_unfreeze():
     assert torch.equal(frozen_w, before)
     assert frozen_w not in opt.state or len(opt.state[frozen_w]) == 0
     assert not torch.equal(m.encoder.layer[0].fc.weight, trained_before)
-    set_trainable(m.encoder, train_below=2)  # later stage: the same optimizer now trains block 1
+    set_encoder_trainable(m.encoder, train_below=2)  # later stage: the same optimizer now trains block 1
     _train_step(m, opt)
     assert not torch.equal(frozen_w, before)
 
@@ -128,7 +128,7 @@ def test_refreezing_clears_grad_so_adamw_stops_moving_it():
     m = Model()
     opt = torch.optim.AdamW(build_param_groups(m.named_parameters(), 1e-2, 0.5))
     _train_step(m, opt)  # every parameter now has AdamW state and a grad
-    set_trainable(m.encoder, freeze_below=3)
+    set_encoder_trainable(m.encoder, freeze_below=3)
     assert m.encoder.layer[0].fc.weight.grad is None
     w = m.encoder.layer[0].fc.weight.detach().clone()
     opt.step()  # a stale grad + momentum would otherwise keep moving it
@@ -137,7 +137,7 @@ def test_refreezing_clears_grad_so_adamw_stops_moving_it():
 
 def test_set_trainable_freeze_below_keeps_norms():
     enc = TinyEncoder()
-    counts = set_trainable(enc, freeze_below=2)
+    counts = set_encoder_trainable(enc, freeze_below=2)
     req = {n: p.requires_grad for n, p in enc.named_parameters()}
     assert not req["embeddings.weight"] and not req["layer.0.fc.weight"] and not req["layer.1.fc.bias"]
     assert req["layer.0.norm1.weight"] and req["layer.1.norm1.bias"]  # norms stay trainable
@@ -148,21 +148,21 @@ def test_set_trainable_freeze_below_keeps_norms():
 
 def test_set_trainable_prefix_and_full_freeze():
     enc = TinyEncoder()
-    set_trainable(enc, train_below=2, keep_norms_trainable=False)
+    set_encoder_trainable(enc, train_below=2, keep_norms_trainable=False)
     req = {n: p.requires_grad for n, p in enc.named_parameters()}
     assert req["embeddings.weight"] and req["layer.1.fc.weight"] and req["layer.1.norm1.weight"]
     assert not req["layer.2.fc.weight"] and not req["layer.2.norm1.weight"] and not req["layernorm.weight"]
-    counts = set_trainable(enc, train_below=0, keep_norms_trainable=False)
+    counts = set_encoder_trainable(enc, train_below=0, keep_norms_trainable=False)
     assert counts["trainable_params"] == 0
-    counts = set_trainable(enc)
+    counts = set_encoder_trainable(enc)
     assert counts["frozen_params"] == 0
-    assert set_trainable(enc, freeze_below=0)["frozen_params"] == 0
+    assert set_encoder_trainable(enc, freeze_below=0)["frozen_params"] == 0
     with pytest.raises(ValueError):
-        set_trainable(enc, freeze_below=1, train_below=1)
+        set_encoder_trainable(enc, freeze_below=1, train_below=1)
     with pytest.raises(ValueError):
-        set_trainable(enc, freeze_below=4)
+        set_encoder_trainable(enc, freeze_below=4)
     with pytest.raises(ValueError):
-        set_trainable(enc, layers_attr="blocks")
+        set_encoder_trainable(enc, layers_attr="blocks")
 
 
 def test_freeze_module():

@@ -5,7 +5,13 @@ import struct
 import numpy as np
 import pytest
 
-from vjepa_adapt.evaluate.plots import plot_confusion, plot_delta_forest, plot_top1_bars, plot_training
+from vjepa_adapt.evaluate.plots import (
+    plot_confusion,
+    plot_delta_forest,
+    plot_top1_bars,
+    plot_trainer_curves,
+    plot_training,
+)
 
 
 def png_size(path) -> tuple[int, int]:
@@ -31,7 +37,7 @@ def history(n=6):
 
 def test_plot_training(tmp_path):
     plot_training(history(), tmp_path / "t.png", chance=1 / 8, title="frozen")
-    assert_sensible_png(tmp_path / "t.png", min_w=900)
+    assert_sensible_png(tmp_path / "t.png", min_w=600, min_h=600)  # loss above accuracy
     plot_training(history(1), tmp_path / "one.png", chance=0.5, best_epoch=1)
     assert_sensible_png(tmp_path / "one.png")
     with pytest.raises(ValueError):
@@ -61,3 +67,27 @@ def test_plot_top1_bars_and_forest(tmp_path):
         plot_top1_bars({}, tmp_path / "x.png", chance=0.1)
     with pytest.raises(ValueError):
         plot_delta_forest({}, tmp_path / "y.png", reference_name="frozen")
+
+
+def trainer_rows(n=40, head_only=False, blocks=6):
+    rows = []
+    for s in range(1, n + 1):
+        row = {"step": s, "loss": 1 / s, "aux": 2 / s, "aux_acc": float("nan") if s == 1 else s / n}
+        if not head_only:
+            row["jepa"] = 0.9 - s / (2 * n)
+        if s % 10 == 0:
+            row.update(val_aux=2.2 / s, val_centroid_acc=0.2 + s / (2 * n),
+                       drift_blocks=[0.0] * blocks if head_only else [s * 1e-4 * (b + 1) for b in range(blocks)])
+        rows.append(row)
+    return rows
+
+
+def test_plot_trainer_curves(tmp_path):
+    assert plot_trainer_curves(trainer_rows(), tmp_path / "jepa.png", title="pretrain")
+    assert_sensible_png(tmp_path / "jepa.png", min_w=1200, min_h=350)
+    assert plot_trainer_curves(trainer_rows(head_only=True), tmp_path / "head.png")  # no JEPA, zero drift
+    assert_sensible_png(tmp_path / "head.png", min_w=1200, min_h=350)
+    assert plot_trainer_curves([{"step": 1, "loss": 0.5}], tmp_path / "one.png")  # only a total loss
+    assert (tmp_path / "one.png").exists()
+    assert not plot_trainer_curves([{"step": 1, "lr": 1e-3}], tmp_path / "none.png")  # nothing to plot
+    assert not (tmp_path / "none.png").exists()

@@ -1,6 +1,6 @@
 import pytest
 
-from vjepa_adapt.train.schedules import constant, ema_momentum, linear, warmup_cosine
+from vjepa_adapt.train.schedules import ema_momentum, linear, warmup_cosine
 
 
 def test_warmup_cosine_hand_values():
@@ -26,13 +26,12 @@ def test_warmup_cosine_start_and_no_warmup():
         warmup_cosine(0, -1, 0, base=1.0)
 
 
-def test_linear_and_constant():
+def test_linear():
     assert linear(0, 10, 0.04, 0.4) == pytest.approx(0.04)
     assert linear(5, 10, 0.04, 0.4) == pytest.approx(0.22)
     assert linear(10, 10, 0.04, 0.4) == pytest.approx(0.4)
     assert linear(20, 10, 0.04, 0.4) == pytest.approx(0.4)
     assert linear(3, 0, 1.0, 2.0) == 2.0
-    assert constant(123, 0.7) == 0.7
 
 
 def test_ema_momentum():

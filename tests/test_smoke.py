@@ -37,7 +37,10 @@ def test_demo_end_to_end_then_cached_then_partial_rerun(tmp_path, capsys):
         assert row["n_test"] == arms["frozen"]["n_test"] > 0
     assert arms["frozen"]["delta_vs_frozen"] == 0
     out = capsys.readouterr().out
-    assert "Δ vs frozen" in out and "not built yet" in out.lower()
+    assert "Δ vs frozen" in out and "b/c" in out and "macro-F1" in out and "report/index.html" in out
+    assert "discordant" in arms["pretrain"] and "head" in arms["pretrain_head"]
+    assert (run / "report" / "summary.md").exists() and (run / "plots" / "trainer_pretrain.png").exists()
+    assert "pretrain_head" in (run / "report" / "index.html").read_text()
     for png in ("top1.png", "delta_forest.png", "training_frozen.png", "confusion_pretrain.png"):
         assert (run / "plots" / png).stat().st_size > 5000
     assert (run / "synth" / "target" / "contact_sheet.png").exists()
@@ -46,8 +49,11 @@ def test_demo_end_to_end_then_cached_then_partial_rerun(tmp_path, capsys):
     assert first["motion"]["extra"]["truth_agreement"] >= 0.6
     assert (run / "pretrain" / "pretrain" / "best" / "encoder" / "config.json").exists()
 
-    # unchanged: every stage is skipped
+    # unchanged: every stage is skipped; `report` reads the run's own config.yaml, so it re-runs nothing
     assert main(["demo", "--out", str(run), *TINY]) == 0
+    (run / "report" / "index.html").unlink()
+    assert main(["report", "--out", str(run)]) == 0
+    assert (run / "report" / "index.html").exists()
     again = _stages(run)
     assert all(again[s]["seconds"] == first[s]["seconds"] for s in first)
 

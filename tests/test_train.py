@@ -17,7 +17,7 @@ from vjepa_adapt.models.heads import MotionAuxHead
 from vjepa_adapt.models.vjepa import build_model
 from vjepa_adapt.train import checkpoint as ckpt
 from vjepa_adapt.train import loop
-from vjepa_adapt.train.data import AuxTargets
+from vjepa_adapt.data.loader import AuxTargets
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, pred_hidden_size=32,
             pred_num_hidden_layers=1, pred_num_attention_heads=2)
@@ -60,8 +60,8 @@ def _run(tmp, clips, tcfg, l2=0.0, mode_head=True, seed_model=0):
     torch.manual_seed(seed_model)
     model = build_model("tiny", crop_size=32, frames_per_clip=8, **TINY)
     head = MotionAuxHead(32, 2, reg_dims=13) if mode_head else None
-    res = loop.train(tcfg=tcfg, data=DATA, masking=MASKING, model=model, head=head, train_clips=clips[:6],
-                     val_clips=clips[6:], aux=_aux(clips) if mode_head else None, out_dir=tmp, l2_lambda=l2, seed=1)
+    res = loop.train(tcfg=tcfg.for_arm(l2), data=DATA, masking=MASKING, model=model, head=head, train_clips=clips[:6],
+                     val_clips=clips[6:], aux=_aux(clips) if mode_head else None, out_dir=tmp, seed=1)
     return res, model, head
 
 
@@ -192,14 +192,14 @@ def test_spd_pulls_weights_back(tmp_path, clips):
     free, _, _ = _run(tmp_path / "free", clips, _tcfg(steps=6, eval_every=6, lr=3e-3))
     torch.manual_seed(0)
     model = build_model("tiny", crop_size=32, frames_per_clip=8, **TINY)
-    spd = loop.train(tcfg=_tcfg(steps=6, eval_every=6, lr=3e-3), data=DATA, masking=MASKING, model=model,
+    spd = loop.train(tcfg=_tcfg(steps=6, eval_every=6, lr=3e-3, spd=0.9), data=DATA, masking=MASKING, model=model,
                      head=MotionAuxHead(32, 2, reg_dims=13), train_clips=clips[:6], val_clips=clips[6:],
-                     aux=_aux(clips), out_dir=tmp_path / "spd", seed=1, spd_lambda=0.9)
+                     aux=_aux(clips), out_dir=tmp_path / "spd", seed=1)
     assert spd.history[-1]["drift_mean"] < 0.8 * free.history[-1]["drift_mean"]
 
 
 _KILL_SCRIPT = r'''
-import os, signal, sys
+import contextlib, os, signal, sys
 sys.path.insert(0, {tests!r})
 import test_train as T
 from conftest import write_video
@@ -207,17 +207,34 @@ from vjepa_adapt import storage
 from vjepa_adapt.data.clips import Clip
 
 clips = [Clip(f"c{{i}}", os.path.join({folder!r}, f"c{{i}}.mp4"), f"v{{i}}") for i in range(8)]
-real = storage.write_bytes
+real = storage.atomic_open
 
-def torn(path, data):
-    if "step-00000004" in str(path):  # die with half of the step-4 checkpoint on disk
-        with storage.atomic_open(path, "wb") as fh:
-            fh.write(bytes(data[: len(data) // 2]))
-            fh.flush()
+
+class DieMidway:
+    """The stream torch.save writes the step-4 checkpoint into: SIGKILL once part of it is on disk."""
+
+    def __init__(self, fh):
+        self.fh, self.n = fh, 0
+
+    def write(self, data):
+        self.fh.write(data)
+        self.n += len(data)
+        if self.n > 16384:
+            self.fh.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-    return real(path, data)
+        return len(data)
 
-storage.write_bytes = torn
+    def flush(self):
+        self.fh.flush()
+
+
+@contextlib.contextmanager
+def torn(path, mode="wb"):
+    with real(path, mode) as fh:
+        yield DieMidway(fh) if "step-00000004" in str(path) else fh
+
+
+storage.atomic_open = torn
 T._run({run!r}, clips, T._tcfg())
 '''
 
@@ -258,3 +275,181 @@ def test_a_decode_worker_gives_the_same_batches(tmp_path, clips):
         runs.append(loop.train(tcfg=cfg, data=DATA, masking=MASKING, model=model, head=None, train_clips=clips[:6],
                                val_clips=clips[6:], aux=None, out_dir=tmp_path / f"w{w}", seed=1, num_workers=w))
     assert [r["jepa"] for r in runs[0].history] == [r["jepa"] for r in runs[1].history]
+
+
+# ------------------------------------------------------------------- devices, data gaps, resume (#9)
+
+
+def test_every_tensor_handed_to_the_model_went_through_the_device_move(tmp_path, clips, monkeypatch):
+    """Issue #9: the masks stayed on the host (a CUDA gather with a CPU index). On CPU a real move is
+    a no-op, so a fake one returns copies: any tensor the model gets that is not a copy was left behind."""
+    moved: list[torch.Tensor] = []
+    real_move = loop.batch_to_device
+
+    def fake_move(batch, dev):
+        out = real_move(batch, dev)
+        for k in ("video", "label", "reg"):
+            if k in out:
+                out[k] = out[k].clone()
+                moved.append(out[k])
+        if "masks" in out:
+            out["masks"] = [type(m)(m.context_ids.clone(), m.target_ids.clone(), m.stats) for m in out["masks"]]
+            moved.extend(t for m in out["masks"] for t in (m.context_ids, m.target_ids))
+        return out
+
+    handed: list[torch.Tensor] = []
+    real_forward, real_encode = loop.Student.forward, loop.encode_full
+
+    def forward(self, video, masks, targets, label, reg, aux_weight):
+        handed.extend(t for t in (video, label, reg) if t is not None)
+        handed.extend(t for m in masks or [] for t in (m.context_ids, m.target_ids))
+        return real_forward(self, video, masks, targets, label, reg, aux_weight)
+
+    def encode(encoder, video):
+        handed.append(video)
+        return real_encode(encoder, video)
+
+    monkeypatch.setattr(loop, "batch_to_device", fake_move)
+    monkeypatch.setattr(loop.Student, "forward", forward)
+    monkeypatch.setattr(loop, "encode_full", encode)
+    _run(tmp_path, clips, _tcfg(steps=2, eval_every=2, checkpoint_every=2))  # train steps, eval, centroid probe
+    assert len(handed) > 10
+    left_behind = [tuple(t.shape) for t in handed if not any(t is m for m in moved)]
+    assert not left_behind, f"tensors handed to the model without the device move: {left_behind}"
+
+
+def _with_bad_clips(clips, tmp_path, positions, seed=1):
+    """The 6 train clips with the ones at these positions of epoch 0's permutation made unreadable."""
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    out = list(clips[:6])
+    for pos in positions:
+        i = int(np.random.default_rng([seed, 0]).permutation(6)[pos])
+        out[i] = Clip(f"bad{pos}", str(bad), f"vb{pos}")
+    return out
+
+
+def test_a_step_with_no_readable_clip_steps_neither_optimizer_nor_teacher(tmp_path, clips):
+    """Issue #9: with every micro-batch of a step skipped the heartbeat raised KeyError 'loss' and the
+    optimizer and EMA teacher still stepped."""
+    train_clips = _with_bad_clips(clips, tmp_path, positions=(2, 3))  # batch 2: step 1 is both of them
+    torch.manual_seed(0)
+    model = build_model("tiny", crop_size=32, frames_per_clip=8, **TINY)
+    res = loop.train(tcfg=_tcfg(steps=3, eval_every=3, checkpoint_every=1, keep_last=3), data=DATA, masking=MASKING,
+                     model=model, head=MotionAuxHead(32, 2, reg_dims=13), train_clips=train_clips,
+                     val_clips=clips[6:], aux=_aux(clips), out_dir=tmp_path / "run", seed=1)
+    rows = res.history
+    assert rows[1]["no_data"] is True and "loss" not in rows[1] and "loss" in rows[0] and "loss" in rows[2]
+    assert sorted({c for c, _ in res.skipped}) == ["bad2", "bad3"]
+    ck = tmp_path / "run" / "checkpoints"
+    before, after = (ckpt.load_checkpoint(ck / f"step-{s:08d}.pt") for s in (1, 2))
+    for part in ("student", "teacher"):
+        for k, v in before[part].items():
+            assert torch.equal(v, after[part][k]), (part, k)
+    assert before["optimizer"]["state"][0]["step"] == after["optimizer"]["state"][0]["step"]
+    w = "model.encoder.layer.0.mlp.fc1.weight"  # ... and the next step with data trains again
+    assert not torch.equal(before["student"][w], ckpt.load_checkpoint(ck / "step-00000003.pt")["student"][w])
+
+
+def test_micro_batch_weights():
+    # every rank has data: weight 1 (exactly), in one process too
+    assert loop.micro_batch_weights([True, True], [4, 4], 4) == [1.0, 1.0]
+    assert loop.micro_batch_weights([True], [1], 1) == [1.0]
+    # micro-batch 0: 3 of 4 ranks have data -> 4/3 for them, 0 (a stand-in) for this one; 1: nobody -> skipped
+    assert loop.micro_batch_weights([True, False], [3, 0], 4) == [4 / 3, None]
+    assert loop.micro_batch_weights([False, True], [3, 4], 4) == [0.0, 1.0]
+
+
+def test_metrics_after_a_crash_and_resume_hold_each_step_once(tmp_path, clips, monkeypatch):
+    """Issue #9: metrics.jsonl repeated the steps between the last checkpoint and the crash."""
+    real_write = loop.MetricsLog.write
+
+    def crash_after_step_3(self, row):
+        real_write(self, row)
+        if row["step"] == 3:
+            raise KeyboardInterrupt("killed after step 3 (its row written, the step-4 checkpoint not)")
+
+    monkeypatch.setattr(loop.MetricsLog, "write", crash_after_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, clips, _tcfg())
+    assert [r["step"] for r in storage.read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 4, "lo')  # and a line torn by the kill
+    monkeypatch.setattr(loop.MetricsLog, "write", real_write)
+    _run(tmp_path, clips, _tcfg())  # resumes at step 2 (the last checkpoint)
+    assert [r["step"] for r in storage.read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_resume_with_another_number_of_ranks_is_refused(tmp_path, clips):
+    _run(tmp_path, clips, _tcfg(steps=2, eval_every=2, checkpoint_every=2, warmup_steps=0))
+    path = tmp_path / "checkpoints" / "step-00000002.pt"
+    state = ckpt.load_checkpoint(path)
+    assert state["data"] == {"sampler_position": 2 * 2 * 1, "world_size": 1}  # step × batch × ranks
+    state["data"] = {"sampler_position": 2 * 2 * 4, "world_size": 4}
+    storage.save_torch(path, state)
+    with pytest.raises(loop.TrainingError, match="written with 4 ranks.*same number of ranks"):
+        _run(tmp_path, clips, _tcfg(steps=2, eval_every=2, checkpoint_every=2, warmup_steps=0))
+
+
+def test_latest_is_a_link_to_the_newest_step_file(tmp_path, clips):
+    """Issue #9: 'latest' was a second full copy of every checkpoint."""
+    _run(tmp_path, clips, _tcfg())
+    ck = tmp_path / "checkpoints"
+    latest = ck / "latest.pt"
+    assert latest.is_symlink() and latest.resolve() == (ck / "step-00000004.pt").resolve()
+    assert sorted(p.name for p in ck.iterdir()) == ["latest.pt", "step-00000002.pt", "step-00000004.pt"]
+    assert ckpt.find_resume(ck, "auto") == ck / "step-00000004.pt"
+    assert "anchor" not in ckpt.load_checkpoint(latest)  # θ₀ once, in anchor.pt
+    assert (tmp_path / "anchor.pt").exists()
+
+
+def test_the_predictor_uses_the_mask_token_the_weights_record(tmp_path, clips, monkeypatch):
+    """model.predictor_mask_index is true: our exports record the token, loading reports it, training uses it."""
+    from vjepa_adapt.config import load_config
+    from vjepa_adapt.models.vjepa import export_encoder, load_model
+    from vjepa_adapt.stages.encoders import load_frozen
+
+    torch.manual_seed(0)
+    model = build_model("tiny", crop_size=32, frames_per_clip=8, **TINY)
+    assert model.config.predictor_mask_index == 0  # what the official trainer used; ours too by default
+    model.config.predictor_mask_index = 3
+    export_encoder(model, tmp_path / "enc")
+    loaded, report = load_model(str(tmp_path / "enc"))
+    assert report.predictor_mask_index == 3 and loaded.config.predictor_mask_index == 3
+    used = []
+    real_predict = loop.predict
+    monkeypatch.setattr(loop, "predict", lambda *a, mask_index, **k: used.append(mask_index) or real_predict(
+        *a, mask_index=mask_index, **k))
+    loop.train(tcfg=_tcfg(steps=1, eval_every=1, checkpoint_every=1, warmup_steps=0), data=DATA, masking=MASKING,
+               model=loaded, head=None, train_clips=clips[:6], val_clips=clips[6:], aux=None, out_dir=tmp_path / "run")
+    assert used and set(used) == {3}
+    assert load_model(str(tmp_path / "run" / "final" / "encoder"))[1].predictor_mask_index == 3  # recorded again
+    # the config's override wins over the record, and is what the model then carries
+    cfg = load_config(None, [f"model.weights={tmp_path / 'enc'}", "model.predictor_mask_index=5", "data.size=32",
+                             "data.num_frames=8", "model.patch_size=8"])
+    assert load_frozen(cfg, tmp_path).config.predictor_mask_index == 5
+    cfg = load_config(None, [f"model.weights={tmp_path / 'enc'}", "data.size=32", "data.num_frames=8",
+                             "model.patch_size=8"])
+    assert load_frozen(cfg, tmp_path).config.predictor_mask_index == 3
+
+
+def test_a_sweep_is_not_one_arm():
+    with pytest.raises(ValueError, match="sweep of 2 arms"):
+        _ = _tcfg(l2_anchor=[0.0, 0.1]).l2_lambda
+    assert _tcfg(l2_anchor=[0.0, 0.1]).for_arm(0.1).l2_lambda == 0.1
+
+
+def test_checkpoints_stream_to_disk_without_a_copy_in_memory(tmp_path):
+    """Issue #9: every checkpoint was serialised whole in memory first (~16 GB of host RAM for ViT-g)."""
+    import tracemalloc
+
+    state = {"w": torch.ones(8 * 2**20), "v": torch.arange(2**20, dtype=torch.float32)}  # 36 MiB
+    tracemalloc.start()
+    try:
+        ckpt.save_checkpoint(tmp_path, 1, state, keep_last=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"{peak / 2**20:.1f} MiB of Python memory for a 36 MiB checkpoint"
+    back = ckpt.load_checkpoint(tmp_path / "latest.pt")
+    assert back["step"] == 1 and torch.equal(back["w"], state["w"]) and torch.equal(back["v"], state["v"])

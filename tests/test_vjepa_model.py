@@ -17,7 +17,7 @@ from transformers import VJEPA2Config, VJEPA2Model
 
 from vjepa_adapt.errors import WeightsError
 from vjepa_adapt.models import vjepa
-from vjepa_adapt.models.pooling import mean_pool, pool_tokens, token_grid_shape
+from vjepa_adapt.models.pooling import mean_pool, pool_tokens
 from vjepa_adapt.models.vjepa import (
     autocast_context,
     build_config,
@@ -423,7 +423,7 @@ def test_missing_unreadable_and_offline_sources_raise_weights_error(tmp_path, mo
 
 
 def test_pool_tokens_hand_computed():
-    grid = token_grid_shape(num_frames=4, crop_size=32, patch_size=8)  # (2, 4, 4)
+    grid = token_grid(build_config("tiny", crop_size=32, frames_per_clip=4, patch_size=8))  # (2, 4, 4)
     assert grid == (2, 4, 4)
     t, h, w = torch.meshgrid(torch.arange(2), torch.arange(4), torch.arange(4), indexing="ij")
     value = (100 * t + 10 * h + w).float().reshape(1, -1, 1)  # token order t*16 + h*4 + w

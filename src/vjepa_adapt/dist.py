@@ -7,11 +7,18 @@ on 1/N of the data while looking healthy.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import functools
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as td
+
+# How long the other ranks wait while rank 0 alone runs a stage (see wait_for_main).
+WAIT_FOR_MAIN_TIMEOUT = datetime.timedelta(days=2)
 
 
 @dataclass(frozen=True)
@@ -58,39 +65,55 @@ def shutdown() -> None:
 
 
 def barrier() -> None:
-    if td.is_available() and td.is_initialized():
+    if initialized():
         td.barrier()
 
 
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Average a tensor over ranks (in place); identity in one process."""
-    if td.is_available() and td.is_initialized() and td.get_world_size() > 1:
+def wait_for_main() -> None:
+    """Every rank waits here until all arrive, with a long timeout: used where rank 0 alone runs a
+    stage (hours for motion/tag at real scale) while the others idle. Training collectives keep the
+    default timeout, so a real hang there still surfaces in minutes."""
+    if initialized():
+        td.barrier(group=_wait_group())
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks, in place (the trainer's "which rank has data" flags); identity in one process."""
+    if initialized():
         td.all_reduce(t, op=td.ReduceOp.SUM)
-        t /= td.get_world_size()
     return t
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    if td.is_available() and td.is_initialized() and td.get_world_size() > 1:
-        box = [obj]
-        td.broadcast_object_list(box, src=src)
-        return box[0]
-    return obj
-
-
-def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def wrap_ddp(module: torch.nn.Module, device: torch.device, find_unused_parameters: bool = False) -> torch.nn.Module:
     """Wrap for data-parallel training; identity in one process.
 
     Call again after a stage boundary changes which parameters train: DDP fixes its set of
-    gradient-bearing parameters when it is built.
+    gradient-bearing parameters when it is built. ``find_unused_parameters``: some trainable
+    parameter gets no gradient in a step (e.g. the motion_aux head of a run without aux targets);
+    without it DDP waits for that gradient forever.
     """
-    if not (td.is_available() and td.is_initialized() and td.get_world_size() > 1):
+    if not initialized():
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    ids = [device.index] if device.type == "cuda" else None
-    return DDP(module, device_ids=ids, find_unused_parameters=False)
+    ids = None
+    if device.type == "cuda":  # "cuda" without an index means the device dist.init selected
+        ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    return DDP(module, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
 
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return module.module if hasattr(module, "module") and isinstance(getattr(module, "module"), torch.nn.Module) else module
+def no_sync(module: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Skip DDP's gradient all-reduce inside (gradient accumulation: every micro-batch but the last)."""
+    sync_free = getattr(module, "no_sync", None)
+    return sync_free() if initialized() and sync_free is not None else contextlib.nullcontext()
+
+
+def initialized() -> bool:
+    """A process group of several ranks is up (torchrun + ``init``)."""
+    return td.is_available() and td.is_initialized() and td.get_world_size() > 1
+
+
+@functools.cache
+def _wait_group() -> Any:
+    # gloo whatever the training backend: a CPU barrier that may wait for days costs nothing.
+    return td.new_group(backend="gloo", timeout=WAIT_FOR_MAIN_TIMEOUT)

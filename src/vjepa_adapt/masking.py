@@ -82,6 +82,11 @@ class MaskBatch:
     target_ids: torch.Tensor  # (B, Nt) long
     stats: dict = field(default_factory=dict)
 
+    def to(self, device: torch.device | str) -> MaskBatch:
+        """The same masks with their ids on ``device`` (gathers index tensors on the model's device)."""
+        return MaskBatch(self.context_ids.to(device, non_blocking=True),
+                         self.target_ids.to(device, non_blocking=True), self.stats)
+
 
 def _check_grid(grid: Sequence[int]) -> TokenGrid:
     if len(grid) != 3 or any(int(g) < 1 for g in grid):
@@ -204,39 +209,6 @@ def sample_multiblock(
 
 
 # --- MGMAE: motion-guided tubes -------------------------------------------------------------
-
-
-def flow_to_token_units(
-    flow_px: torch.Tensor, grid: Sequence[int], patch_size: int, tubelet_size: int
-) -> torch.Tensor:
-    """Per-frame optical flow in pixels -> per-tubelet-step flow in token units.
-
-    flow_px: (F-1, S_h, S_w, 2) or (F, S_h, S_w, 2), last dim (dx, dy) in pixels from frame f to
-    f+1, at the model's input resolution (S_h = H' * patch_size). Returns (T', H', W', 2): the
-    displacement from token step t to t+1 (sum of the ``tubelet_size`` frame flows that separate
-    them, averaged over each patch, divided by the patch size). The last step has no successor;
-    it repeats the previous step (the carrier never reads it).
-    """
-    T, H, W = _check_grid(grid)
-    if flow_px.ndim != 4 or flow_px.shape[-1] != 2:
-        raise ValueError(f"flow_px must be (frames, H, W, 2), got {tuple(flow_px.shape)}")
-    if flow_px.shape[1] != H * patch_size or flow_px.shape[2] != W * patch_size:
-        raise ValueError(
-            f"flow_px spatial size {tuple(flow_px.shape[1:3])} != grid {(H, W)} x patch {patch_size}"
-        )
-    f = flow_px.float()
-    # Average over each patch: (F', H, p, W, p, 2) -> (F', H, W, 2)
-    f = f.reshape(f.shape[0], H, patch_size, W, patch_size, 2).mean(dim=(2, 4))
-    steps = []
-    for t in range(T):
-        lo, hi = t * tubelet_size, (t + 1) * tubelet_size
-        if hi <= f.shape[0]:
-            steps.append(f[lo:hi].sum(dim=0))
-        elif steps:
-            steps.append(steps[-1])
-        else:
-            steps.append(torch.zeros((H, W, 2)))
-    return torch.stack(steps) / float(patch_size)  # (T', H', W', 2)
 
 
 def _carry_block(

@@ -10,6 +10,12 @@ hashes of the stages it needs, so
   stage downstream — exactly those re-run,
 * an interrupted stage has no complete ``stage.json`` (it is written last, atomically), so it runs
   again; stages that can resume (embed chunks, trainer checkpoints) pick up their own partial work.
+
+A stage declares what it needs from outside the run (weights, a model folder, an optional package) as
+``requires`` checks. Before the first stage of a command runs, the checks of every stage that will run
+(the targets and what they need, less the ones already up to date) are called, each check once: a
+wrong weights path fails in seconds, before hours of tagging and motion, and a stage that needs no
+model never asks for one.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 from vjepa_adapt import storage
 from vjepa_adapt.config import PipelineConfig, config_hash, dump_config
+from vjepa_adapt.errors import UserError
 from vjepa_adapt.progress import get_logger
 from vjepa_adapt.stage_result import StageResult
 
@@ -53,6 +60,10 @@ class StageSpec:
     reads: list[str] = field(default_factory=list)  # dotted config paths, e.g. ["data", "probe.lr"]
     inputs: Callable[[PipelineConfig], Any] | None = None  # fingerprint of files read from outside the run
     folder: str | None = None  # default: the stage name
+    # checks of what the stage needs from outside the run; each raises UserError naming the setting
+    requires: tuple[Callable[[PipelineConfig], None], ...] = ()
+    # under torchrun: True = every rank runs it (DDP training); False = rank 0 runs it, the others wait
+    distributed: bool = False
 
     @property
     def dirname(self) -> str:
@@ -147,6 +158,21 @@ class StageGraph:
             add(t)
         return [n for n in self._order if n in want]
 
+    def check_requirements(self, cfg: PipelineConfig, stages: list[str]) -> None:
+        """Call the ``requires`` checks of ``stages``, each distinct check once, before any work.
+
+        The first failing check raises its UserError (same class), with the stages that need it named.
+        """
+        users: dict[Callable[[PipelineConfig], None], list[str]] = {}
+        for n in stages:
+            for check in self.specs[n].requires:
+                users.setdefault(check, []).append(n)
+        for check, names in users.items():
+            try:
+                check(cfg)
+            except UserError as e:
+                raise type(e)(f"{e} (needed by {', '.join(names)})") from None
+
     def hashes(self, cfg: PipelineConfig) -> dict[str, str]:
         dumped, default_dump = cfg.model_dump(mode="json"), PipelineConfig().model_dump(mode="json")
         out: dict[str, str] = {}
@@ -169,29 +195,50 @@ class StageGraph:
         targets: list[str] | None = None,
         force: list[str] | None = None,
     ) -> dict[str, str]:
-        """Run ``targets`` (default: all) and what they need. Returns {stage: 'ran'|'cached'}."""
+        """Run ``targets`` (default: all) and what they need. Returns {stage: 'ran'|'cached'}.
+
+        Under torchrun (several ranks) a ``distributed`` stage runs on every rank; any other runs on
+        rank 0 alone while the others wait; only rank 0 writes the run's files and stage records.
+        """
+        from vjepa_adapt import dist
+
+        main = dist.info().is_main
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # The resolved config lands in the run folder before any work.
-        storage.write_text(run_dir / "config.yaml", dump_config(cfg))
         hashes = self.hashes(cfg)
         folders = {n: run_dir / s.dirname for n, s in self.specs.items()}
+        selected = self.upstream(targets or list(self.specs))
+        up_to_date = {n for n in selected if n not in (force or []) and is_complete(folders[n], hashes[n])}
+        # What the stages that will run need from outside the run is checked before anything is written.
+        self.check_requirements(cfg, [n for n in selected if n not in up_to_date])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # The resolved config lands in the run folder before any work.
+        if main:
+            storage.write_text(run_dir / "config.yaml", dump_config(cfg))
         outcome: dict[str, str] = {}
-        for n in self.upstream(targets or list(self.specs)):
+        for n in selected:
             spec = self.specs[n]
             out_dir = folders[n]
-            if n not in (force or []) and is_complete(out_dir, hashes[n]):
+            if n in up_to_date:
                 log.info(f"{n}: up to date, skipped")
                 outcome[n] = "cached"
                 continue
-            _prepare_folder(out_dir, hashes[n])
+            dist.wait_for_main()  # rank 0 has finished (and recorded) every stage before this one
+            if not (main or spec.distributed):
+                outcome[n] = "ran on rank 0"
+                continue
+            if main:
+                _prepare_folder(out_dir, hashes[n])
+            if spec.distributed:
+                dist.wait_for_main()  # the folder is ready before any rank writes into it
             log.info(f"{n}: running")
             t0 = time.perf_counter()
             result = spec.run(StageContext(cfg=cfg, run_dir=run_dir, out_dir=out_dir, folders=folders))
             seconds = time.perf_counter() - t0
-            write_stage_record(out_dir, n, hashes[n], spec, cfg, result, seconds)
+            if main:
+                write_stage_record(out_dir, n, hashes[n], spec, cfg, result, seconds)
             log.info(f"{n}: done={result.done} skipped={len(result.skipped)} in {seconds:.1f}s")
             outcome[n] = "ran"
+        dist.wait_for_main()  # no rank leaves (tearing the group down) while rank 0 still works
         return outcome
 
 

@@ -34,17 +34,24 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     # mkstemp creates 0600; give the file the permissions a plain open() would (reports are shared).
     os.chmod(tmp, 0o666 & ~_umask())
-    try:
+    with _discard_on_error(tmp):
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
             yield fh  # type: ignore[misc]
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _discard_on_error(tmp: str | os.PathLike) -> Iterator[None]:
+    """Remove the temp file ``tmp`` if the block fails (the destination stays untouched)."""
+    try:
+        yield
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
 
 
 @functools.cache
@@ -113,12 +120,35 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
-    """``torch.save`` through a temp file + rename (checkpoints, feature chunks)."""
+    """``torch.save`` streamed into a temp file, fsynced, renamed (checkpoints, anchors).
+
+    Streamed, not serialised to memory first: torch writes one tensor storage at a time (a GPU
+    storage is copied to the host one at a time too), so a save of a ViT-g checkpoint (~16 GB with
+    optimizer state) needs no second copy of it in host RAM.
+    """
     import torch
 
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    write_bytes(path, buf.getbuffer())
+    with atomic_open(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def link_atomic(path: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Make ``path`` a symlink to ``target`` (relative to ``path``'s folder), replacing it atomically.
+
+    A reader sees the old link (or file) or the new one, never none. Where symlinks are not
+    available, a hard link is made instead: it costs no space either.
+    """
+    path = Path(path)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.symlink(os.fspath(target), tmp)
+    except OSError:  # no symlinks on this filesystem / platform
+        os.link(path.parent / target, tmp)
+    with _discard_on_error(tmp):
+        os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def load_torch(path: str | os.PathLike, map_location: Any = "cpu") -> Any:

@@ -17,6 +17,9 @@ Sources ``load_clips`` understands:
   (cache honoured), then read as one of the above.
 
 Splits are made by source video: every clip of a video lands in the same split (see make_splits).
+With fewer source videos than the splits need (a few long walking-tour videos), each video is cut into
+contiguous time blocks train | val | test with a guard gap between blocks (see split_by_time);
+plan_splits picks the rule and says which it used.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import csv
 import functools
 import glob
 import io
+import itertools
 import json
 import os
 import re
@@ -67,6 +71,10 @@ class Clip:
 
 class ClipSourceError(UserError):
     """A clip source (folder, manifest, shard pattern, hf:// URL) that cannot be read."""
+
+
+class SplitError(UserError):
+    """The clips cannot fill every split (train, val, test)."""
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -548,6 +556,103 @@ def make_splits(clips: Sequence[Clip], ratios: tuple[float, float, float] = (0.7
             assignment[vid] = SPLITS[split_i]
             given[split_i] += size[vid]
     return {cid: assignment[vid] for vid, ids in by_video.items() for cid in ids}
+
+
+@dataclass
+class SplitPlan:
+    """The splits of a run and how they were made."""
+
+    splits: dict[str, str]  # clip_id -> split; clips dropped in a guard gap are absent
+    rule: str  # "by_video" | "time_blocks"
+    dropped: list[str] = field(default_factory=list)  # clip ids that fell in a guard gap
+    record: dict[str, Any] = field(default_factory=dict)  # the rule as stage.json records it
+
+
+def plan_splits(clips: Sequence[Clip], ratios: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0,
+                labels: dict[str, str] | None = None, guard_seconds: float | None = None) -> SplitPlan:
+    """Splits by source video (:func:`make_splits`); when that leaves a split with a non-zero ratio
+    empty (fewer source videos than splits), contiguous time blocks per video (:func:`split_by_time`).
+
+    Raises :class:`SplitError` when a split is still empty. ``labels`` stratify the by-video rule
+    only; ``guard_seconds`` is the time-block rule's guard (None: one clip length).
+    """
+    n_videos = len({c.video_id for c in clips})
+    active = [s for s, r in zip(SPLITS, ratios) if r > 0]
+    by_video = make_splits(clips, ratios=ratios, seed=seed, labels=labels)
+    if all(any(v == s for v in by_video.values()) for s in active):
+        return SplitPlan(by_video, "by_video", record={"rule": "by_video", "videos": n_videos})
+    splits, dropped, record = split_by_time(clips, ratios, guard_seconds=guard_seconds)
+    record = {"rule": "time_blocks", "videos": n_videos,
+              "why": f"{n_videos} source video(s) cannot fill {len(active)} splits by video", **record}
+    empty = [s for s in active if not any(v == s for v in splits.values())]
+    if empty:
+        timed = record["timed_videos"]
+        raise SplitError(
+            f"split {empty[0]!r} would be empty: {len(clips)} clips from {n_videos} source videos "
+            f"({timed} with clip times to cut into blocks, {len(dropped)} clips dropped in guard gaps). Add videos, "
+            "or cut long videos into more clips with data.clip_seconds (or a manifest with start/end), "
+            "or lower data.split_guard_seconds")
+    return SplitPlan(splits, "time_blocks", dropped=dropped, record=record)
+
+
+def split_by_time(clips: Sequence[Clip], ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                  guard_seconds: float | None = None) -> tuple[dict[str, str], list[str], dict[str, Any]]:
+    """Contiguous time blocks per source video: ``(splits, dropped clip ids, record)``.
+
+    Rule, for each video whose clips all have ``start`` and ``end``:
+    1. Its span [t0, t1] (first start, last end) is cut at the split ratios into blocks in time
+       order train | val | test; a clip belongs to the block holding its midpoint.
+    2. Guard: at each boundary between two non-empty blocks, while the gap between the earlier
+       block's latest end and the later block's earliest start is below ``guard_seconds`` (default:
+       the video's median clip length), the larger block (on a tie the later one) drops its clip
+       nearest the boundary. So no clip of one split overlaps, or comes within the guard of, a clip
+       of another split of the same video. Dropped clips are returned (and left out of the splits).
+    A video whose clips lack times (whole files) cannot be cut and goes to train whole.
+    """
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
+        raise ValueError(f"ratios must be three non-negative numbers with a positive sum, got {ratios}")
+    if guard_seconds is not None and guard_seconds < 0:
+        raise ValueError(f"guard_seconds must be >= 0, got {guard_seconds}")
+    shares = np.asarray(ratios, dtype=np.float64) / float(sum(ratios))
+    edges = np.cumsum(shares)[:2]
+    by_video: dict[str, list[Clip]] = defaultdict(list)
+    for clip in clips:
+        by_video[clip.video_id].append(clip)
+    splits: dict[str, str] = {}
+    dropped: list[str] = []
+    untimed = 0
+    for vid in sorted(by_video):
+        vclips = by_video[vid]
+        if any(c.start is None or c.end is None for c in vclips):
+            untimed += 1
+            splits.update({c.clip_id: "train" for c in vclips})
+            continue
+        t0, t1 = min(c.start for c in vclips), max(c.end for c in vclips)
+        cuts = t0 + edges * (t1 - t0)
+        guard = float(np.median([c.end - c.start for c in vclips])) if guard_seconds is None else guard_seconds
+        blocks: list[list[Clip]] = [[], [], []]
+        for c in sorted(vclips, key=lambda c: (c.start, c.end, c.clip_id)):
+            blocks[int(np.searchsorted(cuts, (c.start + c.end) / 2, side="right"))].append(c)
+        live = [b for b in blocks if b]
+        for a, b in itertools.pairwise(live):  # adjacent non-empty blocks, in time order
+            while a and b and min(c.start for c in b) - max(c.end for c in a) < guard - 1e-9:
+                if len(a) > len(b):
+                    out = max(a, key=lambda c: c.end)
+                    a.remove(out)
+                else:
+                    out = min(b, key=lambda c: c.start)
+                    b.remove(out)
+                dropped.append(out.clip_id)
+        for name, block in zip(SPLITS, blocks):
+            splits.update({c.clip_id: name for c in block})
+    record = {
+        "block_order": list(SPLITS),
+        "guard_seconds": "one clip length (median per video)" if guard_seconds is None else float(guard_seconds),
+        "dropped_in_guard": len(dropped),
+        "timed_videos": len(by_video) - untimed,
+        "untimed_videos_in_train": untimed,
+    }
+    return splits, dropped, record
 
 
 def save_splits(path: str | os.PathLike, splits: dict[str, str]) -> None:

@@ -1,11 +1,20 @@
-"""A PyTorch DataLoader over clips: decode -> sample frames -> augment, with bad clips skipped.
+"""Clip batches as a pure function of ``step``: decode -> sample frames -> augment, bad clips skipped.
 
-Reproducibility does not depend on the number of workers: every random draw of a sample (crop,
-flip) comes from a generator seeded with ``(seed, epoch, clip index)``, and the per-batch generator
-handed to ``collate_extra`` (e.g. a mask sampler) is seeded with ``(seed, epoch, batch position,
-rank)``. The batch sampler shuffles from ``(seed, epoch)`` — the same permutation on every rank —
-and gives each rank a disjoint, equal-size share. Resuming mid-epoch is ``set_loader_epoch(loader,
-epoch, start_batch=k)``: the first k batches are skipped without being decoded.
+The one loader of the toolkit (trainer, its evals, embed). Every sample is keyed by
+``(clip index, step)``:
+
+* ``StepBatchSampler`` maps a step to this rank's keys (epoch permutations seeded by (seed, epoch),
+  per-rank slices of the global batch);
+* ``ClipDataset`` seeds each clip's augmentation from (seed, step, index);
+* ``Collate`` stacks the batch and draws the step's masks from (seed, step) in the worker.
+
+So a resumed run asks for step N and gets exactly the batch, augmentation and masks the
+uninterrupted run got — nothing is replayed or skipped through — whatever the number of workers.
+
+Extending it (Ch 11's mixture of raw / layout / agent / interaction streams): a mixture sampler
+overrides ``StepBatchSampler.keys_for_step`` to yield ``(stream, index, step)`` keys from (seed,
+step), and a dataset routes each key to its stream's ``ClipDataset``; ``Collate`` reads only the
+items' ``step``.
 
 A clip that fails to decode becomes a skip record; the collate drops it from the batch and lists
 it under ``batch["skipped"]`` as ``(clip_id, reason)`` so the caller can count bad input.
@@ -14,9 +23,9 @@ it under ``batch["skipped"]`` as ``(clip_id, reason)`` so the caller can count b
 from __future__ import annotations
 
 import functools
-import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,173 +34,193 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vjepa_adapt.data.clips import Clip, open_clip
 from vjepa_adapt.data.transforms import eval_transform, train_transform
-from vjepa_adapt.data.video import DEFAULT_MAX_PIXELS, VideoError, read_frames
+from vjepa_adapt.data.video import VideoError, read_frames
+from vjepa_adapt.masking import MultiblockMasker, derive_generator
 from vjepa_adapt.progress import get_logger
 
 log = get_logger("data.loader")
 
-SampleKey = tuple[int, int, int]  # (clip index, epoch, batch position in the epoch)
-CollateExtra = Callable[[dict[str, Any], torch.Generator], dict[str, Any]]
+SampleKey = tuple[int, int]  # (clip index, step)
+
+# Eval batches draw masks as if at these "steps": far outside any training run, never negative.
+EVAL_STEP_BASE = 1_000_000_000
 
 
-def derive_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from non-negative integers (no collisions from naive sums)."""
-    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
-    return int(state[0]) << 31 ^ int(state[1])
+@dataclass
+class AuxTargets:
+    """motion_aux targets per clip: class index (-1 = not one of the K classes) and z-scored features."""
+
+    labels: dict[str, int]
+    reg: dict[str, np.ndarray]  # clip_id -> (dims,) float32, z-scored with train statistics
+    reg_flipped: dict[str, np.ndarray]  # the same for the horizontally mirrored clip
+    label_flipped: dict[str, int]
+
+    def get(self, clip_id: str, flipped: bool) -> tuple[int, np.ndarray]:
+        if flipped:
+            return self.label_flipped.get(clip_id, -1), self.reg_flipped[clip_id]
+        return self.labels.get(clip_id, -1), self.reg[clip_id]
+
+
+class StepBatchSampler(Sampler[list[SampleKey]]):
+    """Yields, for each step in [start_step, total_steps), this rank's ``[(clip_index, step), ...]``.
+
+    Global position p of the stream → epoch p // N, slot p % N of that epoch's permutation; step s
+    of rank r takes positions [(s·world + r)·b, +b), so ranks' shares are disjoint within an epoch
+    and always of size b.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, total_steps: int,
+                 rank: int = 0, world_size: int = 1):
+        if num_items < 1:
+            raise ValueError("no training clips")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
+        self.n, self.b, self.seed = num_items, batch_size, seed
+        self.start, self.total, self.rank, self.world = start_step, total_steps, rank, world_size
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return self._perms[epoch]
+
+    def indices_for_step(self, step: int) -> list[int]:
+        first = (step * self.world + self.rank) * self.b
+        return [int(self._perm(p // self.n)[p % self.n]) for p in range(first, first + self.b)]
+
+    def keys_for_step(self, step: int) -> list[SampleKey]:
+        """The dataset keys of one step (the extension point of a mixture sampler)."""
+        return [(i, step) for i in self.indices_for_step(step)]
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        for step in range(self.start, self.total):
+            yield self.keys_for_step(step)
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
 
 
 class ClipDataset(Dataset):
-    """Map-style dataset: ``ds[i]`` or ``ds[(i, epoch, batch)]`` -> a sample dict or a skip record.
+    """Map-style dataset: ``ds[(index, step)]`` (or ``ds[index]`` = step 0) -> a sample or a skip record.
 
-    Sample: ``clip_id, index, video (T, 3, size, size) float32, flipped, epoch, batch``.
-    Skip record: ``clip_id, index, skip_reason, error, epoch, batch`` (no ``video``).
+    Sample: ``clip_id, index, step, video (T, 3, size, size) float32, flipped`` (+ ``label``,
+    ``reg`` with ``aux``: motion_aux targets that follow the flip).
+    Skip record: ``clip_id, index, step, skip_reason, error`` (no ``video``).
+    The training augmentation is drawn from (seed, step, index): each step's crops are fixed.
     """
 
-    def __init__(self, clips: Sequence[Clip], train: bool, size: int, num_frames: int = 16,
-                 fps_stride: float | None = None, seed: int = 0, flip_prob: float = 0.5,
-                 scale: tuple[float, float] = (0.3, 1.0), ratio: tuple[float, float] = (0.75, 1.35),
-                 eval_short_side_ratio: float = 1.0, min_frames: int | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, decode_threads: int = 0,
-                 short_side: int | None = None):
+    def __init__(self, clips: Sequence[Clip], *, num_frames: int, size: int, seed: int, train: bool,
+                 flip_prob: float = 0.5, crop_scale: tuple[float, float] = (0.3, 1.0),
+                 crop_ratio: tuple[float, float] = (0.75, 1.35), aux: AuxTargets | None = None,
+                 fps_stride: float | None = None):
         self.clips = list(clips)
-        self.train = train
-        self.size = size
-        self.num_frames = num_frames
-        self.fps_stride = fps_stride
-        self.seed = seed
-        self.flip_prob = flip_prob
-        self.scale = tuple(scale)
-        self.ratio = tuple(ratio)
-        self.eval_short_side_ratio = eval_short_side_ratio
-        self.min_frames = min_frames
-        self.max_pixels = max_pixels
-        self.decode_threads = decode_threads
-        self.short_side = short_side
+        self.num_frames, self.size, self.seed, self.train = num_frames, size, seed, train
+        self.flip_prob, self.crop_scale, self.crop_ratio = flip_prob, tuple(crop_scale), tuple(crop_ratio)
+        self.aux, self.fps_stride = aux, fps_stride
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __getitem__(self, key: int | SampleKey) -> dict[str, Any]:
-        index, epoch, batch = (int(key), 0, 0) if isinstance(key, (int, np.integer)) else key
+        index, step = (int(key), 0) if isinstance(key, (int, np.integer)) else key
         clip = self.clips[index]
-        base = {"clip_id": clip.clip_id, "index": index, "epoch": epoch, "batch": batch}
+        base = {"clip_id": clip.clip_id, "index": index, "step": step}
         try:
             frames = read_frames(open_clip(clip), num_frames=self.num_frames, fps_stride=self.fps_stride,
-                                 start=clip.start, end=clip.end, min_frames=self.min_frames,
-                                 max_pixels=self.max_pixels, threads=self.decode_threads,
-                                 short_side=self.short_side)  # (T, H, W, 3) uint8
+                                 start=clip.start, end=clip.end)  # (T, H, W, 3) uint8
         except VideoError as e:
             log.debug("skipping %s: %s", clip.clip_id, e)
             return {**base, "skip_reason": e.reason, "error": str(e)}
         if self.train:
-            gen = np.random.default_rng([self.seed, epoch, index])
+            gen = np.random.default_rng([self.seed, step, index])
             video, flipped = train_transform(frames, self.size, gen, flip_prob=self.flip_prob,
-                                             scale=self.scale, ratio=self.ratio)
+                                             scale=self.crop_scale, ratio=self.crop_ratio)
         else:
-            video, flipped = eval_transform(frames, self.size, self.eval_short_side_ratio), False
-        return {**base, "video": video, "flipped": flipped}
+            video, flipped = eval_transform(frames, self.size), False
+        item = {**base, "video": video, "flipped": flipped}
+        if self.aux is not None:
+            label, reg = self.aux.get(clip.clip_id, flipped)
+            item["label"], item["reg"] = label, torch.from_numpy(np.asarray(reg, dtype=np.float32))
+        return item
 
 
-def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack good samples; list skipped ones.
+@dataclass
+class Collate:
+    """Stack the good samples, list the skipped ones, draw the step's masks (in the worker).
 
     Returns ``video`` (B, T, 3, S, S) (None when every clip of the batch was bad), ``clip_id``
-    (list), ``index`` (B,) long, ``flipped`` (B,) bool, ``skipped`` [(clip_id, reason)], ``epoch``,
-    ``batch``.
-    """
-    good = [it for it in items if "video" in it]
-    first = items[0] if items else {"epoch": 0, "batch": 0}
-    return {
-        "video": torch.stack([it["video"] for it in good]) if good else None,  # (B, T, 3, S, S)
-        "clip_id": [it["clip_id"] for it in good],
-        "index": torch.tensor([it["index"] for it in good], dtype=torch.long),
-        "flipped": torch.tensor([it["flipped"] for it in good], dtype=torch.bool),
-        "skipped": [(it["clip_id"], it["skip_reason"]) for it in items if "video" not in it],
-        "epoch": first["epoch"],
-        "batch": first["batch"],
-    }
-
-
-class ClipCollator:
-    """``collate_clips`` plus an optional ``collate_extra(batch, generator) -> batch`` run in the worker.
-
-    The generator is seeded from ``(seed, epoch, batch position, rank)``, so masks drawn with it are
-    the same whatever the number of workers, and differ across ranks.
+    (list), ``index`` (B,) long, ``flipped`` (B,) bool, ``skipped`` [(clip_id, reason)], ``step``;
+    with aux targets ``label`` (B,) long and ``reg`` (B, R); with a masker ``masks`` (one
+    ``MaskBatch`` per generator, a pure function of (masker seed, step)).
     """
 
-    def __init__(self, seed: int = 0, rank: int = 0, collate_extra: CollateExtra | None = None):
-        self.seed = seed
-        self.rank = rank
-        self.collate_extra = collate_extra
+    masker: MultiblockMasker | None = None
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        batch = collate_clips(items)
-        if self.collate_extra is not None:
-            gen = torch.Generator().manual_seed(derive_seed(self.seed, batch["epoch"], batch["batch"], self.rank))
-            batch = self.collate_extra(batch, gen)
-        return batch
+        good = [it for it in items if "video" in it]
+        out: dict[str, Any] = {
+            "video": torch.stack([it["video"] for it in good]) if good else None,  # (B, T, 3, S, S)
+            "clip_id": [it["clip_id"] for it in good],
+            "index": torch.tensor([it["index"] for it in good], dtype=torch.long),
+            "flipped": torch.tensor([it["flipped"] for it in good], dtype=torch.bool),
+            "skipped": [(it["clip_id"], it["skip_reason"]) for it in items if "video" not in it],
+            "step": items[0]["step"] if items else -1,
+        }
+        if not good:
+            return out
+        if "label" in good[0]:
+            out["label"] = torch.tensor([it["label"] for it in good], dtype=torch.long)  # (B,)
+            out["reg"] = torch.stack([it["reg"] for it in good])  # (B, dims)
+        if self.masker is not None:
+            out["masks"] = self.masker(len(good), out["step"])
+        return out
 
 
-class ClipBatchSampler(Sampler[list[SampleKey]]):
-    """Per-epoch shuffled (or ordered) batches of ``(index, epoch, batch)`` keys for one rank.
+def batch_to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """The batch with every tensor the model reads on ``device``: video, motion_aux ``label`` and
+    ``reg``, and each generator's masks (the index tensors the JEPA gathers use). One helper, so
+    no tensor of a batch is left behind on the host."""
+    out = dict(batch)
+    if batch.get("video") is not None:
+        out["video"] = batch["video"].to(device, non_blocking=True)
+    for key in ("label", "reg"):
+        if key in batch:
+            out[key] = batch[key].to(device, non_blocking=True)
+    if "masks" in batch:
+        out["masks"] = [m.to(device) for m in batch["masks"]]
+    return out
 
-    Sharding: the epoch's order is cut to a multiple of ``world_size`` (``drop_last=True``: the
-    extra clips are left out this epoch) or padded by wrapping around (``drop_last=False``: every
-    clip is seen, a few twice — evaluation should de-duplicate by clip_id); rank r takes every
-    ``world_size``-th clip from r. Shares are disjoint (when cut) and of equal size.
+
+def build_train_loader(dataset: ClipDataset, sampler: StepBatchSampler, masker: MultiblockMasker | None,
+                       num_workers: int) -> DataLoader:
+    # An own generator: creating a loader iterator must not draw from the global RNG, or a resumed
+    # run (which restores the global RNG first) would see a shifted dropout stream.
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=Collate(masker),
+                      generator=torch.Generator().manual_seed(0),
+                      **worker_options(num_workers, seed=dataset.seed, rank=sampler.rank, prefetch_factor=4))
+
+
+def build_eval_loader(dataset: ClipDataset, batch_size: int, masker: MultiblockMasker | None = None,
+                      batches: list[list[int]] | None = None, num_workers: int = 0) -> DataLoader:
+    """In-order batches (default: consecutive runs of ``batch_size``; or the given index lists).
+
+    Masks (if any) are a fixed function of the batch's position, so every eval sees the same.
+    The trainer's evals decode in-process (short: starting workers would cost more than they save);
+    embed passes ``num_workers`` to overlap decoding with its longer pass.
     """
-
-    def __init__(self, num_clips: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = False):
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
-        self.num_clips = num_clips
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.drop_last = drop_last
-        self.epoch = 0
-        self.start_batch = 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch's order; skip its first ``start_batch`` batches (resume mid-epoch)."""
-        self.epoch = epoch
-        self.start_batch = start_batch
-
-    def rank_indices(self) -> np.ndarray:
-        """This rank's clip indices for the current epoch, in order."""
-        n, ws = self.num_clips, self.world_size
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
-        if ws > 1:
-            if self.drop_last:
-                order = order[: n - n % ws]
-            elif n % ws:
-                order = np.resize(order, n + ws - n % ws)  # wrap around
-        return order[self.rank::ws]
-
-    def _num_batches(self) -> int:
-        share = len(self.rank_indices()) if self.world_size > 1 else self.num_clips
-        return share // self.batch_size if self.drop_last else -(-share // self.batch_size)
-
-    def __len__(self) -> int:
-        return max(0, self._num_batches() - self.start_batch)
-
-    def __iter__(self) -> Iterator[list[SampleKey]]:
-        idx = self.rank_indices()
-        for b in range(self.start_batch, self._num_batches()):
-            chunk = idx[b * self.batch_size:(b + 1) * self.batch_size]
-            yield [(int(i), self.epoch, b) for i in chunk]
+    if batches is None:
+        batches = [list(range(s, min(s + batch_size, len(dataset)))) for s in range(0, len(dataset), batch_size)]
+    keyed = [[(i, EVAL_STEP_BASE + b) for i in batch] for b, batch in enumerate(batches)]
+    return DataLoader(dataset, batch_sampler=keyed, collate_fn=Collate(masker),
+                      generator=torch.Generator().manual_seed(0),
+                      **worker_options(num_workers, prefetch_factor=4, persistent_workers=False))
 
 
 def _init_worker(worker_id: int, seed: int, rank: int) -> None:
     # Augmentation uses explicit per-sample generators; global RNGs are seeded anyway so any
     # third-party randomness in a worker is reproducible too. One intra-op thread per worker
     # avoids oversubscribing the cores the workers already use.
-    s = derive_seed(seed, rank, worker_id)
+    s = derive_generator(seed, rank, worker_id).initial_seed()
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
@@ -222,43 +251,5 @@ def _worker_context() -> Any:
 
     ctx = mp.get_context("forkserver")
     # Takes effect when the server starts (first loader with workers); later calls are no-ops.
-    ctx.set_forkserver_preload(["torch", "cv2", "av", "vjepa_adapt.train.data"])
+    ctx.set_forkserver_preload(["torch", "cv2", "av", "vjepa_adapt.data.loader"])
     return ctx
-
-
-def build_loader(clips: Sequence[Clip], batch_size: int, num_workers: int, train: bool, size: int,
-                 num_frames: int = 16, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool | None = None, collate_extra: CollateExtra | None = None,
-                 fps_stride: float | None = None, flip_prob: float = 0.5,
-                 scale: tuple[float, float] = (0.3, 1.0), ratio: tuple[float, float] = (0.75, 1.35),
-                 eval_short_side_ratio: float = 1.0, min_frames: int | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, decode_threads: int | None = None,
-                 short_side: int | None = None, prefetch_factor: int = 2, persistent_workers: bool = True,
-                 pin_memory: bool = False) -> DataLoader:
-    """A DataLoader of clip batches (see ``collate_clips``). Training shuffles per epoch and
-    augments; evaluation keeps order and centre-crops. ``drop_last`` defaults to ``train``.
-    Call ``set_loader_epoch(loader, epoch)`` before each epoch.
-    ``decode_threads`` defaults to all cores in-process, or cores / workers per worker.
-    """
-    if drop_last is None:
-        drop_last = train
-    if decode_threads is None:
-        decode_threads = 0 if num_workers == 0 else max(1, (os.cpu_count() or 1) // num_workers)
-    dataset = ClipDataset(clips, train=train, size=size, num_frames=num_frames, fps_stride=fps_stride,
-                          seed=seed, flip_prob=flip_prob, scale=scale, ratio=ratio,
-                          eval_short_side_ratio=eval_short_side_ratio, min_frames=min_frames,
-                          max_pixels=max_pixels, decode_threads=decode_threads, short_side=short_side)
-    sampler = ClipBatchSampler(len(dataset), batch_size, shuffle=train, seed=seed, rank=rank,
-                               world_size=world_size, drop_last=drop_last)
-    return DataLoader(dataset, batch_sampler=sampler,
-                      collate_fn=ClipCollator(seed=seed, rank=rank, collate_extra=collate_extra),
-                      pin_memory=pin_memory, **worker_options(num_workers, seed, rank, prefetch_factor,
-                                                              persistent_workers))
-
-
-def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
-    """Choose the epoch (shuffle order, augmentation draws) and the batch to start from."""
-    sampler = loader.batch_sampler
-    if not isinstance(sampler, ClipBatchSampler):
-        raise TypeError("set_loader_epoch needs a loader made by build_loader")
-    sampler.set_epoch(epoch, start_batch)

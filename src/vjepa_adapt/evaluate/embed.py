@@ -16,11 +16,11 @@ from torch import nn
 
 from vjepa_adapt import storage
 from vjepa_adapt.data.clips import Clip
-from vjepa_adapt.models.pooling import pool_tokens
+from vjepa_adapt.data.loader import ClipDataset, batch_to_device, build_eval_loader
+from vjepa_adapt.models.pooling import mean_pool, pool_tokens
 from vjepa_adapt.models.vjepa import autocast_context, encode_full, token_grid
 from vjepa_adapt.progress import get_logger, progress
 from vjepa_adapt.stage_result import StageResult
-from vjepa_adapt.train.data import ClipDataset, build_eval_loader
 
 log = get_logger("embed")
 FEATURES_FILE = "features.npz"
@@ -86,13 +86,13 @@ def embed_clips(
         acc["skipped"].extend(batch["skipped"])
         if batch["video"] is None:
             continue
-        video = batch["video"].to(device, non_blocking=True)  # (B, T, 3, S, S)
+        video = batch_to_device(batch, device)["video"]  # (B, T, 3, S, S)
         if frame_shuffle_seed is not None:
             video = shuffle_frames(video, frame_shuffle_seed, batch["clip_id"])
         with autocast_context(torch.device(device).type, dtype):
             tokens = encode_full(encoder, video)  # (B, N, D)
         pooled = pool_tokens(tokens, grid, pooled_grid)  # (B, n, D) fp32
-        mean = tokens.float().mean(dim=1)  # (B, D)
+        mean = mean_pool(tokens)  # (B, D) fp32
         if extra_features is not None:
             extra = extra_features(tokens).float()  # (B, E)
             pooled = torch.cat([pooled, extra[:, None, :].expand(-1, pooled.shape[1], -1)], dim=-1)

@@ -21,20 +21,6 @@ import torch.nn.functional as F
 DEFAULT_POOLED_GRID: tuple[int, int, int] = (1, 4, 4)
 
 
-def token_grid_shape(
-    num_frames: int, crop_size: int, patch_size: int = 16, tubelet_size: int = 2
-) -> tuple[int, int, int]:
-    """(T', H', W') of the token grid for a clip of ``num_frames`` frames at ``crop_size`` px.
-
-    HF duplicates frames when ``num_frames < tubelet_size``, giving one temporal slot.
-    """
-    if crop_size % patch_size:
-        raise ValueError(f"crop_size {crop_size} is not a multiple of patch_size {patch_size}")
-    t = max(num_frames // tubelet_size, 1)
-    side = crop_size // patch_size
-    return (t, side, side)
-
-
 def pool_tokens(
     tokens: torch.Tensor,  # (B, N, D)
     grid: tuple[int, int, int],

@@ -22,7 +22,7 @@ import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ log = get_logger("models.vjepa")
 # The official trainer (app/vjepa/train.py + PredictorMultiSeqWrapper) calls the predictor with
 # ``mask_index = i``, the index of the clip-length group; with one clip length that is 0, so token 0
 # is the one pretrained weights learned. HF (and the official predictor's own default) use 1.
+# A model carries the index its weights were trained with as ``config.predictor_mask_index``, so
+# ``save_pretrained`` records it in config.json; weights without the record are official ones (0).
 DEFAULT_PREDICTOR_MASK_INDEX = 0
 
 # Architectures of the released checkpoints. Values from transformers' convert_vjepa2_to_hf.py
@@ -93,7 +95,7 @@ def build_config(
     """A ``VJEPA2Config`` for ``preset``; ``crop_size`` must equal the input resolution (RoPE grid)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
-    values = dict(PRESETS[preset])
+    values = {**PRESETS[preset], "predictor_mask_index": DEFAULT_PREDICTOR_MASK_INDEX}
     if crop_size is not None:
         values["crop_size"] = int(crop_size)
     if frames_per_clip is not None:
@@ -125,6 +127,11 @@ def token_grid(config: VJEPA2Config, num_frames: int | None = None) -> tuple[int
     frames = config.frames_per_clip if num_frames is None else num_frames
     side = config.crop_size // config.patch_size
     return (max(frames // config.tubelet_size, 1), side, side)
+
+
+def predictor_mask_index(config: VJEPA2Config) -> int:
+    """The predictor mask token these weights were trained with (see DEFAULT_PREDICTOR_MASK_INDEX)."""
+    return int(getattr(config, "predictor_mask_index", DEFAULT_PREDICTOR_MASK_INDEX))
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -262,13 +269,6 @@ def apply_performance_switches(model: VJEPA2Model, gradient_checkpointing: bool 
     return model
 
 
-def maybe_compile(fn: Callable | nn.Module, enabled: bool = False, mode: str | None = None) -> Callable | nn.Module:
-    """``torch.compile`` when enabled; dynamic shapes because context/target counts vary per step."""
-    if not enabled:
-        return fn
-    return torch.compile(fn, mode=mode, dynamic=True)
-
-
 # ------------------------------------------------------------------------------------------ loading
 
 
@@ -285,6 +285,8 @@ class LoadReport:
     mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]  # (key, checkpoint, model)
     encoder_key: str | None = None  # which entry of the checkpoint fed the encoder
     ignored: tuple[str, ...] = ()  # known-unused checkpoint keys (absolute pos_embed under RoPE)
+    # the mask token the weights were trained with: recorded in config.json by our exports, else
+    # the official trainer's (DEFAULT_PREDICTOR_MASK_INDEX); the loaded model's config carries it
     predictor_mask_index: int = DEFAULT_PREDICTOR_MASK_INDEX
 
     @property
@@ -342,6 +344,9 @@ def load_model(
                                  attn_implementation, require_predictor)
     else:
         raise WeightsError(f"weights not found: {source_str!r} does not exist; expected {_EXPECTED}")
+    index = predictor_mask_index(model.config)
+    model.config.predictor_mask_index = index  # explicit from here on: exports record it again
+    report = dataclasses.replace(report, predictor_mask_index=index)
     _enforce_fraction(report, min_loaded_fraction)
     log.info(report.summary())
     if report.missing:

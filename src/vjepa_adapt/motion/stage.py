@@ -6,7 +6,8 @@ Outputs of one run, in ``out_dir`` (all written atomically through :mod:`vjepa_a
 - ``features.npz`` clip_ids (N,) str, splits (N,) str, features (N, 23) float32, feature_names --
                    every clip that has features, kept or dropped
 - ``classes.json`` class list (index = integer label), cut points, counts per split (kept and all),
-                   dropped counts, magnitude/direction choice, K, min_count, backend, skipped clips
+                   dropped counts, magnitude/direction choice, K, min_count, backend, the flow
+                   resolution (max_side: magnitudes are px/frame at that size), skipped clips
 """
 
 from __future__ import annotations
@@ -193,8 +194,13 @@ def write_motion_outputs(
     splits: Mapping[str, str],
     skipped: Sequence[tuple[str, str]] = (),
     backend: str | None = None,
+    max_side: int | None = None,
 ) -> None:
-    """Write labels.csv, features.npz and classes.json into ``out_dir`` (each atomically)."""
+    """Write labels.csv, features.npz and classes.json into ``out_dir`` (each atomically).
+
+    ``max_side``: the flow resolution the features were computed at (None = full size), recorded
+    because magnitudes and hence cut points are in px/frame at that size.
+    """
     out = Path(out_dir)
     ids = list(features)
     storage.save_npz(
@@ -225,6 +231,7 @@ def write_motion_outputs(
         "dropped": label_set.dropped,
         "dropped_by_class": label_set.dropped_by_class,
         "backend": backend,
+        "max_side": max_side,
         "skipped": [{"clip_id": c, "reason": r} for c, r in skipped],
     })
 

@@ -10,12 +10,7 @@ from vjepa_adapt.config import PipelineConfig, TrainConfig
 from vjepa_adapt.pipeline import StageContext
 from vjepa_adapt.stage_result import StageResult
 from vjepa_adapt.stages.data import load_run_clips
-from vjepa_adapt.stages.encoders import (
-    _mask_index,
-    build_random,
-    load_frozen,
-    resolve_device,
-)
+from vjepa_adapt.stages.encoders import build_random, load_frozen, resolve_device
 
 
 def run_base(ctx: StageContext) -> StageResult:
@@ -38,8 +33,7 @@ def run_base(ctx: StageContext) -> StageResult:
     res = train(tcfg=tcfg, data=cfg.data, masking=cfg.masking, model=model, head=None,
                 train_clips=[c for c in clips if splits[c.clip_id] != "val"],
                 val_clips=[c for c in clips if splits[c.clip_id] == "val"], aux=None, out_dir=ctx.out_dir,
-                mask_index=_mask_index(cfg), seed=cfg.run.seed, device=resolve_device(ctx.cfg), dtype=cfg.run.dtype,
-                num_workers=cfg.run.num_workers)
+                seed=cfg.run.seed, device=resolve_device(ctx.cfg), dtype=cfg.run.dtype, num_workers=cfg.run.num_workers)
     return _train_result(res, len(clips))
 
 
@@ -55,7 +49,7 @@ def _train_result(res, n_clips: int) -> StageResult:
 def _aux_targets(cfg: PipelineConfig, run_dir: Path):
     from vjepa_adapt.motion import load_motion_outputs, mirror_class, motion_aux_targets
     from vjepa_adapt.motion.classes import mirror_motion_aux_targets
-    from vjepa_adapt.train.data import AuxTargets
+    from vjepa_adapt.data.loader import AuxTargets
 
     mo = load_motion_outputs(run_dir / "motion")
     ids = list(mo.features)
@@ -71,6 +65,7 @@ def _aux_targets(cfg: PipelineConfig, run_dir: Path):
 
 
 def _train_arm(ctx: StageContext, mode: str, l2: float) -> StageResult:
+    """One trained arm: ``l2`` is its λ of the L2 anchor, one value of the ``train.l2_anchor`` sweep."""
     from vjepa_adapt.models.heads import MotionAuxHead
     from vjepa_adapt.train.loop import train
 
@@ -81,17 +76,15 @@ def _train_arm(ctx: StageContext, mode: str, l2: float) -> StageResult:
     torch.manual_seed(cfg.run.seed)
     model = load_frozen(cfg, ctx.run_dir)
     head = MotionAuxHead(model.config.hidden_size, len(mo.label_set.classes), reg_dims=cfg.motion.aux_dims)
+    tcfg = cfg.train.for_arm(l2)  # one arm = one resolved TrainConfig: its single λ, SPD's λ in tcfg.spd
     if mode == "head_only":
         a = cfg.arms
-        tcfg = cfg.train.model_copy(update={"mode": "head_only", "steps": a.head_only_steps, "lr": a.head_only_lr,
-                                            "warmup_steps": min(cfg.train.warmup_steps, a.head_only_steps),
-                                            "motion_aux_weight": 1.0, "aux_lr_mult": 1.0, "stages": None,
-                                            "eval_every": min(cfg.train.eval_every, a.head_only_steps)})
-    else:
-        tcfg = cfg.train
+        tcfg = tcfg.model_copy(update={"mode": "head_only", "steps": a.head_only_steps, "lr": a.head_only_lr,
+                                       "warmup_steps": min(cfg.train.warmup_steps, a.head_only_steps),
+                                       "motion_aux_weight": 1.0, "aux_lr_mult": 1.0, "stages": None,
+                                       "eval_every": min(cfg.train.eval_every, a.head_only_steps)})
     res = train(tcfg=tcfg, data=cfg.data, masking=cfg.masking, model=model, head=head,
                 train_clips=[c for c in clips if mo.splits[c.clip_id] == "train"],
                 val_clips=[c for c in clips if mo.splits[c.clip_id] == "val"], aux=aux, out_dir=ctx.out_dir,
-                l2_lambda=l2, spd_lambda=tcfg.spd, mask_index=_mask_index(cfg), seed=cfg.run.seed,
-                device=resolve_device(cfg), dtype=cfg.run.dtype, num_workers=cfg.run.num_workers)
+                seed=cfg.run.seed, device=resolve_device(cfg), dtype=cfg.run.dtype, num_workers=cfg.run.num_workers)
     return _train_result(res, len(clips))

@@ -63,25 +63,30 @@ def clips_fingerprint(cfg: PipelineConfig) -> Any:
 
 
 def run_clips(ctx: StageContext) -> StageResult:
-    from vjepa_adapt.data.clips import (
-        cut_into_clips,
-        load_clips,
-        make_splits,
-        save_splits,
-    )
+    from vjepa_adapt.data.clips import cut_into_clips, load_clips, plan_splits, save_splits
 
+    d = ctx.cfg.data
     clips = load_clips(clips_source(ctx.cfg, ctx.run_dir))
-    if ctx.cfg.data.clip_seconds:
-        clips = cut_into_clips(clips, clip_seconds=ctx.cfg.data.clip_seconds)
+    if d.clip_seconds:
+        clips = cut_into_clips(clips, clip_seconds=d.clip_seconds)
     if not clips:
         raise UserError(f"no clips found in {clips_source(ctx.cfg, ctx.run_dir)}")
     # Stratify by the generator's intended class when the manifest has one (synthetic world).
     labels = {c.clip_id: str(c.meta["motion_class"]) for c in clips if c.meta.get("motion_class")} or None
-    splits = make_splits(clips, ratios=tuple(ctx.cfg.data.split_ratios), seed=ctx.cfg.data.split_seed, labels=labels)
-    storage.write_jsonl(ctx.out_dir / CLIPS_FILE, [_clip_row(c) for c in clips])
-    save_splits(ctx.out_dir / SPLITS_FILE, splits)
-    counts = {s: sum(1 for v in splits.values() if v == s) for s in ("train", "val", "test")}
-    return StageResult(done=len(clips), extra={"splits": counts, "videos": len({c.video_id for c in clips})})
+    plan = plan_splits(clips, ratios=tuple(d.split_ratios), seed=d.split_seed, labels=labels,
+                       guard_seconds=d.split_guard_seconds)
+    videos = len({c.video_id for c in clips})
+    if plan.rule == "time_blocks":
+        r = plan.record
+        log.warning(f"clips: {r['why']}: each video is cut into contiguous time blocks {' | '.join(r['block_order'])} "
+                    f"with a guard gap of {r['guard_seconds']} between blocks; {r['dropped_in_guard']} clips in the "
+                    "gaps dropped" + (f", {r['untimed_videos_in_train']} whole-file videos put in train"
+                                      if r["untimed_videos_in_train"] else ""))
+    kept = [c for c in clips if c.clip_id in plan.splits]  # clips in a guard gap leave the run
+    storage.write_jsonl(ctx.out_dir / CLIPS_FILE, [_clip_row(c) for c in kept])
+    save_splits(ctx.out_dir / SPLITS_FILE, plan.splits)
+    counts = {s: sum(1 for v in plan.splits.values() if v == s) for s in ("train", "val", "test")}
+    return StageResult(done=len(kept), extra={"splits": counts, "videos": videos, "split_rule": plan.record})
 
 
 def _clip_row(c: Clip) -> dict[str, Any]:
@@ -100,6 +105,32 @@ def load_run_clips(run_dir: Path) -> tuple[list[Clip], dict[str, str]]:
 
 
 # ------------------------------------------------------------------------------------ tag, motion
+
+
+def check_tag_backend(cfg: PipelineConfig) -> None:
+    """Requirement of the tag stage: with ``tag.backend=hf`` the VLM is a model folder or a reachable/cached Hub id."""
+    from vjepa_adapt.stages.encoders import check_weights_source
+
+    t = cfg.tag
+    if t.backend == "hf":
+        resolve_device(cfg)
+    if t.backend == "hf" and t.model:
+        if Path(t.model).expanduser().is_file():
+            raise UserError(f"tag.model: {t.model} is a file; expected a Hugging Face model folder or Hub id")
+        check_weights_source(t.model, field="tag.model")
+
+
+def check_motion_backend(cfg: PipelineConfig) -> None:
+    """Requirement of the motion stage: the RAFT backends need torchvision and run.device (the OpenCV ones
+    need nothing: they run on the CPU whatever run.device says)."""
+    import importlib.util
+
+    backend = cfg.motion.backend
+    if backend.startswith("raft") and importlib.util.find_spec("torchvision") is None:
+        raise UserError(f"motion.backend={backend} needs torchvision: `pip install vjepa-adapt[raft]`, or use "
+                        "motion.backend=farneback or dis (OpenCV, CPU)")
+    if backend.startswith("raft"):
+        resolve_device(cfg)
 
 
 def run_tag(ctx: StageContext) -> StageResult:
@@ -143,7 +174,7 @@ def run_motion(ctx: StageContext) -> StageResult:
 
     m = ctx.cfg.motion
     clips, splits = load_run_clips(ctx.run_dir)
-    device = resolve_device(ctx.cfg)
+    device = resolve_device(ctx.cfg) if m.backend.startswith("raft") else "cpu"  # OpenCV flow: CPU only
     items = ((c.clip_id, (lambda c=c: read_clip_pairs(open_clip(c), num_pairs=m.num_pairs, start=c.start,
                                                        end=c.end))) for c in clips)
     ext = extract_features_for_clips(items, backend=m.backend, max_side=m.max_side, device=device, total=len(clips),
@@ -155,11 +186,13 @@ def run_motion(ctx: StageContext) -> StageResult:
     kept_splits = {c: splits[c] for c in ext.features}
     label_set = build_labels(ext.features, kept_splits, num_classes=m.num_classes,
                              min_count_per_split=m.min_count_per_split, magnitude=m.magnitude)
-    write_motion_outputs(ctx.out_dir, ext.features, label_set, kept_splits, skipped=ext.skipped, backend=m.backend)
+    write_motion_outputs(ctx.out_dir, ext.features, label_set, kept_splits, skipped=ext.skipped, backend=m.backend,
+                         max_side=m.max_side)
     (ctx.out_dir / "partial.npz").unlink(missing_ok=True)
     agreement = _truth_agreement(clips, label_set.all_labels)
     result.extra.update({"classes": label_set.classes, "kept": len(label_set.labels), "dropped": label_set.dropped,
-                         "cuts": list(label_set.cuts), **({"truth_agreement": agreement} if agreement else {})})
+                         "cuts": list(label_set.cuts), "max_side": m.max_side,
+                         **({"truth_agreement": agreement} if agreement else {})})
     if agreement:
         log.info(f"motion: flow-derived class agrees with the generator's intended class on {agreement:.1%} of clips")
     return result

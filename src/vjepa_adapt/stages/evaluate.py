@@ -15,7 +15,6 @@ from vjepa_adapt.stages.arms import (
     FROZEN,
     PRETRAIN_HEAD,
     RANDOM_INIT,
-    all_arms,
 )
 from vjepa_adapt.stages.data import load_run_clips
 from vjepa_adapt.stages.encoders import _perf, build_random, load_frozen, resolve_device
@@ -81,77 +80,121 @@ def _probe(ctx: StageContext, arm: str) -> StageResult:
                     device=resolve_device(cfg))
     m = res.metrics
     log.info(f"probe/{arm}: top-1 {m['top1']:.1%} [{m['ci_low']:.1%}, {m['ci_high']:.1%}] on {m['n_test']} test clips")
-    return StageResult(done=int(m["n_test"]), extra={"top1": m["top1"], "ci_low": m["ci_low"], "ci_high": m["ci_high"]})
+    extra = {"top1": m["top1"], "ci_low": m["ci_low"], "ci_high": m["ci_high"]}
+    if _is_head_only(arm) and arm in ctx.folders:
+        extra["head_top1"] = _head_eval(ctx.path_of(arm) / "best" / "head.safetensors", feats, labels, mo.splits,
+                                        mo.label_set.classes, ctx.out_dir, p.bootstrap_resamples, p.seed)["top1"]
+    return StageResult(done=int(m["n_test"]), extra=extra)
+
+
+def _is_head_only(arm: str) -> bool:
+    """Head-only arms (pretrain_head, surgery_head): encoder frozen, only the motion_aux head trained."""
+    return arm == PRETRAIN_HEAD or arm.endswith("_head")
+
+
+def _head_eval(head_file: Path, feats: dict, labels: dict[str, int], splits: dict[str, str], classes: list[str],
+               out_dir: Path, n_resamples: int, seed: int) -> dict[str, Any]:
+    """A head-only arm's own test accuracy: its motion_aux head on the test clips by itself.
+
+    The head reads mean-pooled frozen tokens, which are the first D columns of the arm's stored mean
+    vector (the head's hidden vector is appended after them, see ``_embed``). Writes
+    ``head_eval.json`` and ``head_predictions.csv`` next to the probe outputs (the report reads them).
+    """
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from vjepa_adapt.evaluate.stats import (
+        bootstrap_ci_bca,
+        macro_f1,
+        per_class_accuracy,
+    )
+    from vjepa_adapt.models.heads import MotionAuxHead
+    from vjepa_adapt.report.summary import HEAD_EVAL_FILE
+
+    sd = load_file(str(head_file))
+    dim = sd["trunk.0.weight"].shape[1]  # (hidden, D)
+    head = MotionAuxHead(dim, sd["cls.weight"].shape[0], reg_dims=sd["reg.weight"].shape[0],
+                         hidden=sd["cls.weight"].shape[1])
+    head.load_state_dict(sd)
+    head.eval()
+    ids = [str(c) for c in feats["clip_ids"]]
+    rows = [i for i, c in enumerate(ids) if splits.get(c) == "test" and c in labels]
+    y = np.asarray([labels[ids[i]] for i in rows], dtype=np.int64)
+    with torch.no_grad():
+        logits = head(torch.from_numpy(np.asarray(feats["mean"][rows, :dim], dtype=np.float32)))[0]  # (n, K)
+    pred = logits.argmax(dim=1).numpy().astype(np.int64)
+    top1, lo, hi = bootstrap_ci_bca(pred == y, n_resamples=n_resamples, seed=seed)
+    k = len(classes)
+    acc = per_class_accuracy(y, pred, k)
+    out = {"top1": top1, "ci_low": lo, "ci_high": hi, "n_test": len(rows), "macro_f1": macro_f1(y, pred, k),
+           "per_class_accuracy": {c: (None if np.isnan(a) else float(a)) for c, a in zip(classes, acc)},
+           "head_file": str(head_file)}
+    lines = ["clip_id,label,pred,correct"] + [f"{ids[i]},{t},{q},{int(t == q)}" for i, t, q in zip(rows, y, pred)]
+    storage.write_text(out_dir / "head_predictions.csv", "\n".join(lines) + "\n")
+    storage.write_json(out_dir / HEAD_EVAL_FILE, out)
+    log.info(f"head of {out_dir.name}: own test top-1 {top1:.1%} [{lo:.1%}, {hi:.1%}] on {len(rows)} clips")
+    return out
+
+
+def _arm_probe_dirs(ctx: StageContext) -> dict[str, Path]:
+    """The arms of this run, discovered from the graph: every ``probe/<arm>`` stage, in graph order."""
+    return {n.split("/", 1)[1]: p for n, p in ctx.folders.items() if n.startswith("probe/")}
 
 
 def run_plots(ctx: StageContext) -> StageResult:
     from vjepa_adapt.evaluate import plots
-    from vjepa_adapt.evaluate.probe import load_probe_results, read_predictions
+    from vjepa_adapt.evaluate.probe import load_probe_results
+    from vjepa_adapt.report.run_files import read_metrics_log
 
     n = 0
-    for arm in all_arms(ctx.cfg):
-        pdir = ctx.path_of(f"probe/{arm}")
+    arms = _arm_probe_dirs(ctx)
+    for arm, pdir in arms.items():
         res = load_probe_results(pdir)
         k = res.metrics["num_classes"]
         plots.plot_training(res.history, ctx.out_dir / f"training_{arm}.png", chance=1.0 / k, title=arm)
-        _, y, pred = read_predictions(pdir / "predictions.csv")
-        plots.plot_confusion(y, pred, res.metrics["class_names"], ctx.out_dir / f"confusion_{arm}.png", title=arm)
+        plots.plot_confusion(res.labels, res.preds, res.metrics["class_names"], ctx.out_dir / f"confusion_{arm}.png",
+                             title=arm)
         n += 2
-    summary = _summary(ctx)
-    arms = summary["arms"]
-    ref = ctx.cfg.report.reference_arm
-    plots.plot_top1_bars({a: (v["top1"], v["ci_low"], v["ci_high"]) for a, v in arms.items()},
-                         ctx.out_dir / "top1.png", chance=1.0 / next(iter(arms.values()))["num_classes"],
-                         reference_name=ref)
-    plots.plot_delta_forest({a: (v["delta_vs_frozen"], v["delta_ci_low"], v["delta_ci_high"])
-                             for a, v in arms.items() if a != ref}, ctx.out_dir / "delta_forest.png",
-                            reference_name=ref, p_values={a: v["p_value"] for a, v in arms.items() if a != ref})
-    return StageResult(done=n + 2)
+    # training curves of every trained stage of the graph (base, pretrain arms, head-only, surgery)
+    for name, folder in ctx.folders.items():
+        rows = read_metrics_log(folder / "metrics.jsonl")
+        if rows and plots.plot_trainer_curves(rows, ctx.out_dir / f"trainer_{name.replace('/', '_')}.png",
+                                              title=f"{name}: training"):
+            n += 1
+    summary = _summary(ctx, with_tags=False)
+    rows = summary["arms"]
+    ref = summary["reference"]
+    plots.plot_top1_bars({a: (v["top1"], v["ci_low"], v["ci_high"]) for a, v in rows.items()},
+                         ctx.out_dir / "top1.png", chance=summary["chance"], reference_name=ref)
+    others = {a: v for a, v in rows.items() if a != ref}
+    if others:
+        plots.plot_delta_forest({a: (v["delta_vs_frozen"], v["delta_ci_low"], v["delta_ci_high"])
+                                 for a, v in others.items()}, ctx.out_dir / "delta_forest.png",
+                                reference_name=ref, p_values={a: v["p_value"] for a, v in others.items()})
+        n += 1
+    return StageResult(done=n + 1)
 
 
-def _summary(ctx: StageContext) -> dict[str, Any]:
-    from vjepa_adapt.evaluate.probe import compare_arms, load_probe_results
+def _summary(ctx: StageContext, with_tags: bool = True) -> dict[str, Any]:
+    from vjepa_adapt.report import build_summary
+    from vjepa_adapt.tagging.stage import TAGS_FILE
 
     cfg = ctx.cfg
-    ref = cfg.report.reference_arm
-    ref_dir = ctx.path_of(f"probe/{ref}")
-    out: dict[str, Any] = {"reference": ref, "arms": {}}
-    for arm in all_arms(cfg):
-        pdir = ctx.path_of(f"probe/{arm}")
-        m = load_probe_results(pdir).metrics
-        row = {k: m[k] for k in ("top1", "ci_low", "ci_high", "n_test", "num_classes")}
-        if arm == ref:
-            row.update(delta_vs_frozen=0.0, delta_ci_low=0.0, delta_ci_high=0.0, p_value=1.0)
-        else:
-            pr = compare_arms(ref_dir, pdir, n_resamples=cfg.probe.bootstrap_resamples, seed=cfg.probe.seed)
-            row.update(delta_vs_frozen=pr.delta, delta_ci_low=pr.ci_low, delta_ci_high=pr.ci_high, p_value=pr.p_value)
-        out["arms"][arm] = row
-    return out
+    tags = ctx.path_of("tag") / TAGS_FILE if with_tags and "tag" in ctx.folders else None
+    return build_summary(_arm_probe_dirs(ctx), cfg.report.reference_arm, tags_file=tags,
+                         min_tag_count=cfg.report.min_tag_count, n_resamples=cfg.probe.bootstrap_resamples,
+                         seed=cfg.probe.seed)
 
 
 def run_compare(ctx: StageContext) -> StageResult:
+    """The comparison table (summary.json/.md/.txt, printed) and the HTML report, into RUN/report."""
+    from vjepa_adapt.report import format_table, write_report, write_summary
+
     summary = _summary(ctx)
-    summary["not_built"] = ["surgery", "surgery_head", "segment", "factorize", "html report"]
-    storage.write_json(ctx.out_dir / "summary.json", summary)
-    table = format_table(summary)
-    storage.write_text(ctx.out_dir / "summary.txt", table + "\n")
-    print(table)
-    return StageResult(done=len(summary["arms"]))
+    write_summary(summary, ctx.out_dir)
+    page = write_report(ctx.run_dir, ctx.out_dir, summary=summary, stage_dirs=ctx.folders)
+    print(format_table(summary))
+    print(f"report: {page}")
+    return StageResult(done=len(summary["arms"]), extra={"report": str(page)})
 
-
-def format_table(summary: dict[str, Any]) -> str:
-    ref = summary["reference"]
-    lines = [f"{'arm':<18} {'top-1':>7}  {'95% CI':<16} {'Δ vs ' + ref:>11}  {'Δ 95% CI':<18} {'p':>7}  n_test",
-             "-" * 84]
-    for arm, r in summary["arms"].items():
-        ci = f"[{r['ci_low']:.1%}, {r['ci_high']:.1%}]"
-        if arm == ref:
-            d, dci, p = "—", "", ""
-        else:
-            d = f"{r['delta_vs_frozen'] * 100:+.1f} pp"
-            dci = f"[{r['delta_ci_low'] * 100:+.1f}, {r['delta_ci_high'] * 100:+.1f}]"
-            p = f"{r['p_value']:.3f}"
-        lines.append(f"{arm:<18} {r['top1']:>7.1%}  {ci:<16} {d:>11}  {dci:<18} {p:>7}  {r['n_test']}")
-    k = next(iter(summary["arms"].values()))["num_classes"]
-    lines.append(f"chance = 1/{k} = {1 / k:.1%}. Not built yet: surgery, surgery-head, segment, factorize, HTML report.")
-    return "\n".join(lines)

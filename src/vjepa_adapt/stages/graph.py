@@ -5,29 +5,40 @@ from __future__ import annotations
 from pathlib import Path
 
 from vjepa_adapt.config import PipelineConfig
-from vjepa_adapt.errors import UserError
+from vjepa_adapt.errors import ConfigError
 from vjepa_adapt.pipeline import StageGraph, StageSpec, is_complete
 from vjepa_adapt.stages.adapt import _train_arm, run_base
-from vjepa_adapt.stages.arms import PRETRAIN_HEAD, UNTRAINED, all_arms, pretrain_arms
+from vjepa_adapt.stages.arms import FRAME_SHUFFLED, FROZEN, PRETRAIN_HEAD, UNTRAINED, all_arms, pretrain_arms
 from vjepa_adapt.stages.data import (
+    check_motion_backend,
+    check_tag_backend,
     clips_fingerprint,
     run_clips,
     run_motion,
     run_synth,
     run_tag,
 )
-from vjepa_adapt.stages.encoders import _setup_threads
+from vjepa_adapt.stages.encoders import _setup_threads, check_device, check_frozen_weights
 from vjepa_adapt.stages.evaluate import _embed, _probe, run_compare, run_plots
+from vjepa_adapt.stages.segment import (
+    FACTORIZE,
+    SEGMENT,
+    check_segment_backend,
+    factorize_reads,
+    run_factorize,
+    run_segment,
+    segment_reads,
+)
 
 
 def build_graph(cfg: PipelineConfig) -> StageGraph:
     synthetic = not cfg.data.clips
     has_base = synthetic and not cfg.model.weights
-    if not synthetic and not cfg.model.weights:
-        raise UserError("model.weights: required for real clips (a Hub id such as facebook/vjepa2-vitl-fpc64-256, "
-                        "an HF folder or an official .pt); the self-pretrained base exists only for the demo world")
+    # Requirements belong to the stages that need them; the graph checks those a command selects.
+    frozen_encoder, device = (check_device, check_frozen_weights), (check_device,)
     data_keys = ["data.num_frames", "data.size", "data.fps_stride", "data.max_bad_fraction"]
     model_keys = ["model", "run.seed", "run.dtype"]
+    augment_keys = ["data.flip_prob", "data.crop_scale", "data.crop_ratio"]
     base_needs = ["base"] if has_base else []
     specs: list[StageSpec] = []
     if synthetic:
@@ -36,40 +47,64 @@ def build_graph(cfg: PipelineConfig) -> StageGraph:
         specs.append(StageSpec("synth", run_synth, reads=synth_reads))
     specs += [
         StageSpec("clips", run_clips, needs=["synth"] if synthetic else [],
-                  reads=["data.clips", "data.clip_seconds", "data.split_ratios", "data.split_seed"],
+                  reads=["data.clips", "data.clip_seconds", "data.split_ratios", "data.split_seed",
+                         "data.split_guard_seconds"],
                   inputs=clips_fingerprint),
-        StageSpec("tag", run_tag, needs=["clips"], reads=["tag", "data.max_bad_fraction"]),
-        StageSpec("motion", run_motion, needs=["clips"], reads=["motion", "data.max_bad_fraction"]),
+        StageSpec("tag", run_tag, needs=["clips"], reads=["tag", "data.max_bad_fraction"],
+                  requires=(check_tag_backend,)),
+        StageSpec("motion", run_motion, needs=["clips"], reads=["motion", "data.max_bad_fraction"],
+                  requires=(check_motion_backend,)),
     ]
     if has_base:
-        specs.append(StageSpec("base", run_base, needs=["synth"],
-                               reads=["base", "masking", "train.resume", *model_keys, *data_keys]))
-    train_reads = ["train", "masking", "motion.aux_dims", "arms", *model_keys, *data_keys, "data.flip_prob",
-                   "data.crop_scale", "data.crop_ratio"]
+        # run_base trains on cfg.data (crop/flip augmentation) and splits the source world with split_seed
+        specs.append(StageSpec("base", run_base, needs=["synth"], distributed=True,
+                               reads=["base", "masking", "train.resume", *model_keys, *data_keys, *augment_keys,
+                                      "data.split_seed"], requires=device))
+    train_reads = ["train", "masking", "motion.aux_dims", "arms", *model_keys, *data_keys, *augment_keys]
     arms = all_arms(cfg)
     for name, lam in (pretrain_arms(cfg).items() if cfg.arms.pretrain else []):
         specs.append(StageSpec(name, lambda ctx, lam=lam: _train_arm(ctx, "jepa", lam), folder=f"pretrain/{name}",
-                               needs=["clips", "motion", *base_needs], reads=train_reads))
+                               distributed=True,
+                               needs=["clips", "motion", *base_needs], reads=train_reads, requires=frozen_encoder))
     if cfg.arms.pretrain_head:
-        specs.append(StageSpec(PRETRAIN_HEAD, lambda ctx: _train_arm(ctx, "head_only", 0.0),
-                               needs=["clips", "motion", *base_needs], reads=train_reads))
+        specs.append(StageSpec(PRETRAIN_HEAD, lambda ctx: _train_arm(ctx, "head_only", 0.0), distributed=True,
+                               needs=["clips", "motion", *base_needs], reads=train_reads, requires=frozen_encoder))
     for arm in arms:
         trained = [] if arm in UNTRAINED else [arm]
         specs.append(StageSpec(f"embed/{arm}", lambda ctx, arm=arm: _embed(ctx, arm),
-                               needs=["clips", *base_needs, *trained], reads=["embed", *model_keys, *data_keys]))
+                               needs=["clips", *base_needs, *trained], reads=["embed", *model_keys, *data_keys],
+                               requires=frozen_encoder if arm in (FROZEN, FRAME_SHUFFLED, PRETRAIN_HEAD) else device))
         specs.append(StageSpec(f"probe/{arm}", lambda ctx, arm=arm: _probe(ctx, arm),
-                               needs=[f"embed/{arm}", "motion", "clips"], reads=["probe"]))
+                               needs=[f"embed/{arm}", "motion", "clips"], reads=["probe"], requires=device))
     probes = [f"probe/{a}" for a in arms]
-    specs.append(StageSpec("plots", run_plots, needs=probes, reads=["report", "probe.bootstrap_resamples"]))
-    specs.append(StageSpec("compare", run_compare, needs=probes, folder="report",
-                           reads=["report", "probe.bootstrap_resamples", "probe.seed"]))
+    specs.append(StageSpec("plots", run_plots, needs=probes,
+                           reads=["report.reference_arm", "probe.bootstrap_resamples", "probe.seed"]))
+    # compare writes the table and the HTML report, which shows every stage of the run: it needs them all
+    specs.append(StageSpec("compare", run_compare, needs=[s.name for s in specs], folder="report",
+                           reads=["report", "probe.bootstrap_resamples", "probe.seed"],
+                           requires=(_reference_check([s.name[len("probe/"):] for s in specs if s.name.startswith("probe/")]),)))
+    # Ch 11a: no arm consumes them yet (the surgery stage will); added after compare so it does not wait for them
+    specs.append(StageSpec(SEGMENT, run_segment, needs=["clips"], reads=segment_reads(),
+                           requires=(check_segment_backend,)))
+    specs.append(StageSpec(FACTORIZE, run_factorize, needs=["clips", SEGMENT], reads=factorize_reads()))
     return StageGraph(specs)
+
+
+def _reference_check(arms: list[str]):
+    def check_reference_arm(cfg: PipelineConfig) -> None:
+        if cfg.report.reference_arm not in arms:
+            raise ConfigError(f"report.reference_arm: {cfg.report.reference_arm!r} is not an arm of this run "
+                              f"(arms: {', '.join(arms)})")
+    return check_reference_arm
 
 
 def targets_for(command: str, cfg: PipelineConfig, graph: StageGraph, run_dir: Path) -> list[str] | None:
     """Which stages a subcommand asks for (their upstream stages come along when missing)."""
     if command in ("run", "demo"):
-        return None
+        # segment.in_run=false (the demo): the whole graph but Ch 11a's stages
+        return None if cfg.segment.in_run else [n for n in graph.specs if n not in (SEGMENT, FACTORIZE)]
+    if command == "report":
+        return ["compare"]  # the compare stage writes report/index.html
     if command == "pretrain":
         return list(pretrain_arms(cfg)) if cfg.arms.pretrain else []
     if command == "pretrain-head":
@@ -91,7 +126,13 @@ def run_command(cfg: PipelineConfig, command: str, force: bool = False) -> int:
     targets = targets_for(command, cfg, graph, run_dir)
     force_list = (targets or []) if force else None
     graph.run(cfg, run_dir, targets=targets, force=force_list)
+    if command == "report":
+        from vjepa_adapt.report import write_report
+
+        # re-rendered from the files even when compare was up to date (a cached stage writes nothing)
+        folders = {n: run_dir / s.dirname for n, s in graph.specs.items()}
+        print(f"report: {write_report(run_dir, folders['compare'], stage_dirs=folders)}")
     if command == "demo":
-        print(f"\ndemo finished: run folder {run_dir} (report/summary.json, plots/*.png). "
-              "Surgery, surgery-head and the HTML report are not built yet.")
+        print(f"\ndemo finished: open {run_dir / 'report' / 'index.html'} in a browser "
+              "(also report/summary.json, report/summary.md, plots/*.png). Surgery and surgery-head are not built yet.")
     return 0

@@ -1,10 +1,12 @@
 """The ``tag`` stage (m04): tag clips with a fixed taxonomy for the per-tag report breakdown.
 
 taxonomy.py (the YAML schema) · prompt.py (VLM instruction) · parse.py (strict parsing + repair)
-· backends.py (interface, factory) · heuristic.py · hf_vlm.py · openai_server.py · stage.py.
+· frames.py (TagFailure, frame checks) · backends.py (interface, factory) · heuristic.py · hf_vlm.py
+· openai_server.py · stage.py.
 """
 
-from vjepa_adapt.tagging.backends import BACKENDS, TagBackend, TagFailure, build_backend
+from vjepa_adapt.tagging.backends import BACKENDS, TagBackend, build_backend
+from vjepa_adapt.tagging.frames import TagFailure
 from vjepa_adapt.tagging.parse import ParseResult, parse_tags
 from vjepa_adapt.tagging.prompt import build_prompt
 from vjepa_adapt.tagging.stage import TAGS_FILE, load_tags, tag_clips

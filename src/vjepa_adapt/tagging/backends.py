@@ -5,7 +5,7 @@ dict (the heuristic). Replies are always checked by :func:`vjepa_adapt.tagging.p
 so a backend never has to be trusted to follow the taxonomy.
 
 A backend that cannot tag one clip (server timeout, HTTP error, unusable frames) raises
-:class:`TagFailure`; the stage records the clip as skipped with that reason and carries on.
+``tagging.frames.TagFailure``; the stage records the clip as skipped with that reason and carries on.
 """
 
 from __future__ import annotations
@@ -20,10 +20,6 @@ from vjepa_adapt.errors import ConfigError
 BACKENDS = ("heuristic", "hf", "openai")
 
 
-class TagFailure(Exception):
-    """This clip could not be tagged; the message is the reason ("timeout: ...", "http 500: ...")."""
-
-
 @runtime_checkable
 class TagBackend(Protocol):
     name: str
@@ -33,30 +29,6 @@ class TagBackend(Protocol):
     def tag(self, clip_id: str, frames: np.ndarray) -> str | dict:
         """Tag one clip from its frames ``(T, H, W, 3)`` uint8 RGB; raise TagFailure to skip it."""
         ...
-
-
-def check_frames(clip_id: str, frames: Any) -> np.ndarray:
-    """The frames as a ``(T, H, W, 3)`` uint8 array, or TagFailure naming what is wrong."""
-    if not isinstance(frames, np.ndarray):
-        raise TagFailure(f"bad frames: {clip_id} gave {type(frames).__name__}, expected a numpy array")
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
-        raise TagFailure(f"bad frames: {clip_id} has shape {frames.shape}, expected (T>0, H, W, 3)")
-    if frames.dtype != np.uint8:
-        raise TagFailure(f"bad frames: {clip_id} has dtype {frames.dtype}, expected uint8")
-    return frames
-
-
-def select_frames(frames: np.ndarray, num_frames: int) -> np.ndarray:
-    """``num_frames`` frames spread evenly over the clip, first and last included.  # (n, H, W, 3)"""
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    t = frames.shape[0]
-    if num_frames >= t:
-        return frames
-    if num_frames == 1:
-        return frames[[t // 2]]
-    idx = np.linspace(0, t - 1, num_frames).round().astype(int)
-    return frames[idx]
 
 
 def build_backend(name: str, taxonomy: Any = None, **kwargs: Any) -> TagBackend:

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from vjepa_adapt.errors import ConfigError
-from vjepa_adapt.tagging.backends import check_frames
+from vjepa_adapt.tagging.frames import check_frames
 
 DEFAULT_THRESHOLDS: dict[str, Any] = {
     "night_luma": 0.18,

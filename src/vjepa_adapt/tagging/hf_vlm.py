@@ -25,7 +25,7 @@ import numpy as np
 
 from vjepa_adapt.errors import ConfigError, WeightsError
 from vjepa_adapt.progress import get_logger
-from vjepa_adapt.tagging.backends import check_frames, select_frames
+from vjepa_adapt.tagging.frames import check_frames, select_frames
 
 QWEN_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 SMOLVLM_TYPES = ("idefics3", "smolvlm")

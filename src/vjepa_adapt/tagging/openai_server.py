@@ -22,7 +22,7 @@ import numpy as np
 
 from vjepa_adapt.errors import ConfigError
 from vjepa_adapt.progress import get_logger
-from vjepa_adapt.tagging.backends import TagFailure, check_frames, select_frames
+from vjepa_adapt.tagging.frames import TagFailure, check_frames, select_frames
 
 log = get_logger("tagging")
 

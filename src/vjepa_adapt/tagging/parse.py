@@ -70,25 +70,37 @@ def extract_json_text(text: str) -> str | None:
     start = text.find("{")
     if start < 0:
         return None
-    depth, in_str, esc = 0, False, False
-    for i in range(start, len(text)):
-        ch = text[i]
+    body = text[start:]
+    depth = 0
+    for i, (ch, quoted) in enumerate(zip(body, _string_spans(body)[0])):
+        if quoted:
+            continue
+        if ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return body[: i + 1]
+    return body
+
+
+def _string_spans(text: str) -> tuple[list[bool], bool]:
+    """Which characters of ``text`` belong to a double-quoted JSON string (its quotes included), and
+    whether ``text`` ends inside one. Brackets and commas count only outside strings."""
+    inside, in_str, esc = [], False, False
+    for ch in text:
         if in_str:
+            inside.append(True)
             if esc:
                 esc = False
             elif ch == "\\":
                 esc = True
             elif ch == '"':
                 in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "{[":
-            depth += 1
-        elif ch in "}]":
-            depth -= 1
-            if depth == 0:
-                return text[start : i + 1]
-    return text[start:]
+        else:
+            in_str = ch == '"'
+            inside.append(in_str)
+    return inside, in_str
 
 
 def _outside_strings(s: str, pattern: str, repl: str) -> str:
@@ -128,18 +140,13 @@ def _close_truncated(s: str) -> str:
     """Close an object cut off mid-way: end an open string, drop a dangling comma/key, add brackets."""
 
     def scan(t: str) -> tuple[bool, list[str], int]:
-        in_str, esc, stack, last_comma = False, False, [], -1
-        for i, ch in enumerate(t):
-            if in_str:
-                if esc:
-                    esc = False
-                elif ch == "\\":
-                    esc = True
-                elif ch == '"':
-                    in_str = False
-            elif ch == '"':
-                in_str = True
-            elif ch in "{[":
+        inside, in_str = _string_spans(t)
+        stack: list[str] = []
+        last_comma = -1
+        for i, (ch, quoted) in enumerate(zip(t, inside)):
+            if quoted:
+                continue
+            if ch in "{[":
                 stack.append("}" if ch == "{" else "]")
             elif ch in "}]" and stack:
                 stack.pop()

@@ -27,7 +27,8 @@ from vjepa_adapt.errors import BadInputError
 from vjepa_adapt.progress import get_logger, progress
 from vjepa_adapt.stage_result import StageResult, check_bad_share
 from vjepa_adapt.storage import append_jsonl, read_jsonl, write_jsonl
-from vjepa_adapt.tagging.backends import TagBackend, TagFailure
+from vjepa_adapt.tagging.backends import TagBackend
+from vjepa_adapt.tagging.frames import TagFailure
 from vjepa_adapt.tagging.parse import parse_tags
 from vjepa_adapt.tagging.taxonomy import Taxonomy
 

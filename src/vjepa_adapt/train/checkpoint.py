@@ -1,9 +1,13 @@
 """Trainer checkpoints: one self-describing dict, written atomically, ``latest`` + rotated step files.
 
-Format (``FORMAT_VERSION``): {"format_version", "kind": "vjepa-adapt/trainer", "step", "config",
-"student", "teacher", "predictor", "head", "optimizer", "scaler", "rng", "data", "anchors"?, "best"}.
-State dicts are plain tensors so ``torch.load(weights_only=True)`` reads them back; RNG states are
-stored as uint8 tensors for the same reason.
+Format (``FORMAT_VERSION``): {"format_version", "kind": "vjepa-adapt/trainer", "step", "config"
+(the arm's TrainConfig), "student" (encoder + predictor + motion_aux head), "teacher", "optimizer",
+"rng", "data" {"sampler_position", "world_size"}, "best", "history"}. θ₀ is not in it: the run's
+``anchor.pt`` holds it once. State dicts are plain tensors so ``torch.load(weights_only=True)``
+reads them back; RNG states are stored as uint8 tensors for the same reason.
+
+Size at scale: every step file is streamed to disk (no in-memory copy) and ``latest.pt`` is a
+symlink to the newest step file, not a copy, so a run holds ``keep_last`` checkpoints on disk.
 """
 
 from __future__ import annotations
@@ -45,14 +49,17 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(folder: str | Path, step: int, payload: dict[str, Any], keep_last: int = 2) -> Path:
-    """Write ``step-<N>.pt`` atomically, point ``latest.pt`` at it (atomic copy), prune old steps."""
+    """Stream ``step-<N>.pt`` to disk atomically, point the ``latest.pt`` link at it, prune old steps.
+
+    Order matters for a crash at any point: the new step file is complete before ``latest`` moves to
+    it, and old step files go only after that, so ``latest`` never points at a missing file.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ckpt = {"format_version": FORMAT_VERSION, "kind": KIND, "step": step, **payload}
     path = folder / f"step-{step:08d}.pt"
     storage.save_torch(path, ckpt)
-    # 'latest' is its own complete file (not a symlink): a reader never follows a dangling link.
-    storage.write_bytes(folder / LATEST, path.read_bytes())
+    storage.link_atomic(folder / LATEST, path.name)  # relative: the run folder can be moved
     steps = sorted(_list_steps(folder))
     for old in steps[:-keep_last]:
         (folder / f"step-{old:08d}.pt").unlink(missing_ok=True)
@@ -64,11 +71,19 @@ def _list_steps(folder: Path) -> list[int]:
 
 
 def find_resume(folder: str | Path, resume: str) -> Path | None:
-    """``resume``: 'none' → None; 'auto' → latest in ``folder`` if any; else a checkpoint path."""
+    """``resume``: 'none' → None; 'auto' → the newest step file in ``folder`` if any; else a checkpoint path.
+
+    'auto' reads the step files, not ``latest``: each is complete (written atomically), and after a
+    crash between writing one and moving the link the newest is one step ahead of ``latest``.
+    """
     if resume == "none":
         return None
     if resume == "auto":
-        p = Path(folder) / LATEST
+        folder = Path(folder)
+        steps = _list_steps(folder) if folder.is_dir() else []
+        if steps:
+            return folder / f"step-{max(steps):08d}.pt"
+        p = folder / LATEST  # a run folder of an older version: latest.pt alone
         return p if p.exists() else None
     p = Path(resume)
     if not p.exists():

@@ -1,15 +1,24 @@
 """The one trainer: continual JEPA pretraining, surgery stages and the head-only arms.
 
-What differs between arms is data in ``TrainConfig`` (mode, teacher rule, stages, λ), not code.
+What differs between arms is data in ``TrainConfig`` (mode, teacher rule, stages, λ), not code:
+one arm = one resolved ``TrainConfig`` (``TrainConfig.for_arm``: its ``l2_anchor`` holds that
+arm's single λ; SPD's λ is ``spd``). The predictor's mask token is the one the weights were trained
+with, carried by the model (``models.vjepa.predictor_mask_index``).
 Read top to bottom: set up → resume → for each step: stage, schedules, forward, backward,
 optimizer, regularisers, EMA, log, eval, checkpoint → export.
 
 Every schedule is a function of ``step``; the batch of a step (clips, augmentation, masks) is a
-function of (seed, step) too (see ``train/data.py``), so resume restores state and continues.
+function of (seed, step) too (see ``data/loader.py``), so resume restores state and continues.
+
+Several ranks (DDP): every rank runs every micro-batch's forward/backward, so the gradient
+all-reduces always match. A rank whose micro-batch has no readable clip runs a zero-weighted
+stand-in; a micro-batch no rank can read is skipped by all, and a step with no data anywhere
+steps neither the optimizer nor the EMA teacher (see ``micro_batch_weights``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -25,6 +34,14 @@ from torch import nn
 from vjepa_adapt import dist, storage
 from vjepa_adapt.config import DataConfig, MaskingConfig, Stage, TrainConfig
 from vjepa_adapt.data.clips import Clip
+from vjepa_adapt.data.loader import (
+    AuxTargets,
+    ClipDataset,
+    StepBatchSampler,
+    batch_to_device,
+    build_eval_loader,
+    build_train_loader,
+)
 from vjepa_adapt.errors import NotBuiltError, UserError
 from vjepa_adapt.masking import MaskSpec, MultiblockMasker
 from vjepa_adapt.models.heads import MotionAuxHead
@@ -34,15 +51,14 @@ from vjepa_adapt.models.vjepa import (
     encode_full,
     export_encoder,
     predict,
+    predictor_mask_index,
     teacher_targets,
     token_grid,
 )
 from vjepa_adapt.progress import MetricsLog, get_logger, progress
 from vjepa_adapt.train import checkpoint as ckpt
-from vjepa_adapt.train.data import AuxTargets, ClipDataset, StepBatchSampler, build_eval_loader, build_train_loader
-from vjepa_adapt.train.losses import jepa_loss, motion_aux_loss
-from vjepa_adapt.train.optim import apply_schedule, build_param_groups, freeze_module
-from vjepa_adapt.train.optim import set_trainable as set_encoder_trainable
+from vjepa_adapt.train.losses import IGNORE_LABEL, jepa_loss, motion_aux_loss
+from vjepa_adapt.train.optim import apply_schedule, build_param_groups, freeze_module, set_encoder_trainable
 from vjepa_adapt.train.regularizers import (
     SPD,
     add_l2_anchor_grad_,
@@ -74,10 +90,11 @@ class TrainResult:
 
 
 class Student(nn.Module):
-    def __init__(self, model: nn.Module, head: MotionAuxHead | None, mode: str, mask_index: int):
+    def __init__(self, model: nn.Module, head: MotionAuxHead | None, mode: str):
         super().__init__()
         self.model, self.head = model, head  # model: the full VJEPA2Model (encoder + predictor + config)
-        self.mode, self.mask_index = mode, mask_index
+        self.mode = mode
+        self.mask_index = predictor_mask_index(model.config)  # the token the weights were trained with
 
     @property
     def encoder(self) -> nn.Module:
@@ -113,13 +130,14 @@ class Student(nn.Module):
         return out
 
 
-def _to_device(batch: dict[str, Any], dev: torch.device) -> tuple[torch.Tensor, torch.Tensor | None,
-                                                                torch.Tensor | None]:
-    """video (B, T, 3, S, S), motion_aux labels (B,) and regression targets (B, R) on the device."""
-    video = batch["video"].to(dev, non_blocking=True)
-    label = batch["label"].to(dev) if "label" in batch else None
-    reg = batch["reg"].to(dev) if "reg" in batch else None
-    return video, label, reg
+def _forward(module: nn.Module, teacher: nn.Module | None, batch: dict[str, Any], aux_weight: float,
+             dev: torch.device, dtype: str) -> tuple[dict[str, Any], torch.Tensor | None, dict[str, torch.Tensor]]:
+    """Move the batch to the device whole, make the teacher's targets, run the student."""
+    b = batch_to_device(batch, dev)
+    with autocast_context(dev.type, dtype):
+        targets = teacher_targets(teacher, b["video"]) if teacher is not None else None  # (B, N, D)
+        out = module(b["video"], b.get("masks"), targets, b.get("label"), b.get("reg"), aux_weight)
+    return b, targets, out
 
 
 def _gather(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -147,7 +165,7 @@ def stage_at(step: int, tcfg: TrainConfig) -> Stage:
     return stages[-1]
 
 
-def set_trainable(student: Student, tcfg: TrainConfig, stage: Stage) -> None:
+def set_stage_trainable(student: Student, tcfg: TrainConfig, stage: Stage) -> None:
     """requires_grad per the mode/stage. Optimizer groups already hold every parameter."""
     if tcfg.mode == "head_only":
         # norms too: the head-only arm must not move the encoder or predictor at all
@@ -164,6 +182,36 @@ def set_trainable(student: Student, tcfg: TrainConfig, stage: Stage) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Ranks agree on data: which micro-batches run, and with what loss weight.
+
+
+def micro_batch_weights(have: list[bool], ranks_with_data: list[int], world_size: int) -> list[float | None]:
+    """This rank's loss weight for each micro-batch of a step.
+
+    ``have[i]``: this rank read at least one clip of micro-batch i; ``ranks_with_data[i]``: how many
+    ranks did (all-reduced). None = no rank did: every rank skips it. 0 = others did, this rank did
+    not: it runs a zero-weighted stand-in so its backward joins the same gradient all-reduce.
+    Otherwise world / ranks_with_data, so DDP's mean over all ranks is the mean over the ranks with
+    data (1.0 exactly when every rank has data, and in one process).
+    """
+    out: list[float | None] = []
+    for mine, n in zip(have, ranks_with_data):
+        out.append(None if n == 0 else (world_size / n if mine else 0.0))
+    return out
+
+
+def _stand_in(data: DataConfig, masker: MultiblockMasker | None, aux: AuxTargets | None, step: int) -> dict[str, Any]:
+    """A one-clip batch of zeros (label ignored) for a rank with nothing readable; its loss is weighted 0."""
+    batch: dict[str, Any] = {"video": torch.zeros(1, data.num_frames, 3, data.size, data.size)}
+    if masker is not None:
+        batch["masks"] = masker(1, step)
+    if aux is not None:
+        dims = len(next(iter(aux.reg.values())))
+        batch["label"], batch["reg"] = torch.full((1,), IGNORE_LABEL), torch.zeros(1, dims)
+    return batch
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def train(
@@ -177,24 +225,27 @@ def train(
     val_clips: list[Clip],
     aux: AuxTargets | None,
     out_dir: str | Path,
-    l2_lambda: float = 0.0,
-    mask_index: int = 0,
     seed: int = 0,
     device: str = "cpu",
     dtype: str = "fp32",
     num_workers: int = 0,
-    spd_lambda: float = 0.0,
 ) -> TrainResult:
-    """Train ``model`` (+ ``head``) per ``tcfg`` on ``train_clips``; checkpoints and exports go to ``out_dir``.
+    """Train one arm: ``model`` (+ ``head``) per ``tcfg`` on ``train_clips``; checkpoints and exports go to ``out_dir``.
 
-    ``l2_lambda``: λ of the L2 anchor to the initial encoder weights; ``spd_lambda``: λ of selective
-    projection decay (0 = off); ``mask_index``: the predictor mask token the weights were trained with.
+    ``tcfg`` is the arm's resolved config: ``tcfg.l2_lambda`` (its one ``l2_anchor`` value) is λ of the
+    L2 anchor to the initial encoder weights, ``tcfg.spd`` λ of selective projection decay (0 = off).
+    ``seed`` (``run.seed``) keys the data stream and the masks. The predictor mask token is the one
+    ``model.config`` records (see ``models.vjepa.predictor_mask_index``).
     Exports ``out_dir/best`` (best val score) and ``out_dir/final``: ``encoder/`` (HF format) and
     ``head.safetensors``.
     """
     out_dir = Path(out_dir)
     d = dist.info()
     dev = torch.device(device)
+    l2_lambda = tcfg.l2_lambda  # raises on a sweep: one arm per call
+    if d.enabled and not dist.initialized():
+        raise TrainingError(f"WORLD_SIZE={d.world_size} but no process group: call vjepa_adapt.dist.init() first "
+                            "(the vjepa-adapt command does under torchrun)")
     if masking.kind == "motion_guided" and tcfg.mode == "jepa":
         raise NotBuiltError("masking.kind=motion_guided needs per-clip flow in the training stream, which arrives "
                             "with the surgery stage; the MGMAE sampler itself is in masking.py")
@@ -205,7 +256,7 @@ def train(
 
     # -- set up: student, teacher, head, anchors θ₀, optimizer over ALL parameters ---------------
     model = model.to(dev)
-    student = Student(model, head, tcfg.mode, mask_index).to(dev)
+    student = Student(model, head, tcfg.mode).to(dev)
     teacher = None
     if tcfg.mode == "jepa":
         teacher = copy.deepcopy(model.encoder).to(dev).eval()
@@ -213,7 +264,7 @@ def train(
             p.requires_grad_(False)
     enc_params = list(model.encoder.parameters())
     anchor_file = out_dir / "anchor.pt"
-    if anchor_file.exists():  # θ₀ of this run, written before step 0 (resume must not re-snapshot)
+    if anchor_file.exists():  # θ₀ of this run, written once before step 0 (resume must not re-snapshot)
         anchors = [t.to(dev) for t in storage.load_torch(anchor_file)["anchors"]]
     else:
         anchors = snapshot(enc_params)
@@ -223,7 +274,8 @@ def train(
     groups = build_param_groups(list(student.named_parameters()), base_lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                                 rules=rules)
     opt = torch.optim.AdamW(groups, lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
-    spd = SPD(enc_params, anchors, spd_lambda) if spd_lambda > 0 else None
+    spd = SPD(enc_params, anchors, tcfg.spd) if tcfg.spd > 0 else None
+    micro = tcfg.batch_size
 
     # -- resume ------------------------------------------------------------------------------
     step, best_step, best_score = 0, -1, -math.inf
@@ -233,7 +285,8 @@ def train(
     found = ckpt.find_resume(out_dir / "checkpoints", tcfg.resume)
     if found is not None:
         state = ckpt.load_checkpoint(found)
-        _check_same_run(state, tcfg, l2_lambda, found)
+        _check_same_run(state, tcfg, found)
+        _check_data_position(state, micro * tcfg.grad_accum, d.world_size, found)
         student.load_state_dict(state["student"])
         if teacher is not None:
             teacher.load_state_dict(state["teacher"])
@@ -252,7 +305,6 @@ def train(
     train_set = ClipDataset(train_clips, num_frames=data.num_frames, size=data.size, seed=seed, train=True,
                             flip_prob=data.flip_prob, crop_scale=data.crop_scale, crop_ratio=data.crop_ratio,
                             aux=aux, fps_stride=data.fps_stride)
-    micro = tcfg.batch_size
     sampler = StepBatchSampler(len(train_set), micro, seed, start_step=step * tcfg.grad_accum,
                                total_steps=tcfg.steps * tcfg.grad_accum, rank=d.rank, world_size=d.world_size)
     batches = iter(build_train_loader(train_set, sampler, masker, num_workers))
@@ -260,8 +312,11 @@ def train(
     probe_set = ClipDataset(train_clips[:256], num_frames=data.num_frames, size=data.size, seed=seed, train=False,
                             aux=aux)
     skipped: list[tuple[str, str]] = []
+    # The head gets no gradient in a run without aux targets: DDP must not wait for it.
+    head_unused = head is not None and (aux is None or tcfg.motion_aux_weight <= 0)
 
-    metrics = MetricsLog(out_dir, enabled=d.is_main)  # only rank 0 writes
+    # only rank 0 writes; rows of steps after the resumed one (a crash after its checkpoint) are dropped
+    metrics = MetricsLog(out_dir, enabled=d.is_main, start_step=step)
     current_stage: Stage | None = None
     wrapped: nn.Module = student
     t_data = t_step = 0.0
@@ -269,8 +324,9 @@ def train(
         # -- stage: what trains now (progressive unfreezing is data, see train.stages) --------
         stage = stage_at(step, tcfg)
         if stage != current_stage:
-            set_trainable(student, tcfg, stage)
-            wrapped = dist.wrap_ddp(student, dev)  # DDP fixes its parameter set: re-wrap per stage
+            set_stage_trainable(student, tcfg, stage)
+            # DDP fixes its parameter set: re-wrap per stage
+            wrapped = dist.wrap_ddp(student, dev, find_unused_parameters=head_unused)
             current_stage = stage
             log.info(f"step {step}: stage {stage.name!r}, "
                      f"{sum(p.numel() for p in student.parameters() if p.requires_grad):,} trainable parameters")
@@ -280,50 +336,77 @@ def train(
         apply_schedule(opt, lr=lr, wd=tcfg.weight_decay)
         tau = ema_momentum(step, tcfg.steps, *tcfg.ema_momentum)
 
-        # -- forward / backward over gradient-accumulation micro-batches ---------------------------
-        opt.zero_grad(set_to_none=True)
-        logs: dict[str, float] = {}
-        for _ in range(tcfg.grad_accum):
-            t0 = time.perf_counter()
-            batch = next(batches)
-            t_data += time.perf_counter() - t0
+        # -- the step's micro-batches; the ranks agree which run and with what weight --------------
+        t0 = time.perf_counter()
+        micro_batches = [next(batches) for _ in range(tcfg.grad_accum)]
+        t_data += time.perf_counter() - t0
+        for batch in micro_batches:
             skipped.extend(batch["skipped"])
-            if batch["video"] is None:
-                continue
-            t0 = time.perf_counter()
-            video, label, reg = _to_device(batch, dev)
-            with autocast_context(dev.type, dtype):
-                targets = teacher_targets(teacher, video) if teacher is not None else None  # (B, N, D)
-                out = wrapped(video, batch.get("masks"), targets, label, reg, tcfg.motion_aux_weight)
-                loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"non-finite loss at step {step} ({_fmt(out)}); stopped. The last good checkpoint in "
-                    f"{out_dir / 'checkpoints'} is intact: lower train.lr or check the input clips, then resume."
-                )
-            (loss / tcfg.grad_accum).backward()
-            t_step += time.perf_counter() - t0
-            for k, v in out.items():
-                logs[k] = logs.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / tcfg.grad_accum
+        have = [batch["video"] is not None for batch in micro_batches]
+        ranks_with_data = dist.all_reduce_sum(torch.tensor(have, dtype=torch.int64, device=dev)).tolist()
+        weights = micro_batch_weights(have, ranks_with_data, d.world_size)
+        runs = [i for i, w in enumerate(weights) if w is not None]
 
-        # -- optimizer step, regularisers, EMA teacher --------------------------------------------
-        if l2_lambda > 0:  # λ·Σ‖θ−θ₀‖²: its gradient 2λ(θ−θ₀) is added straight into .grad
-            live = [(p, a) for p, a in zip(enc_params, anchors) if p.requires_grad]
-            logs["l2"] = float(add_l2_anchor_grad_([p for p, _ in live], [a for _, a in live], l2_lambda))
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad],
-                                                   tcfg.grad_clip)
-        if spd is not None:
-            spd.before_step()
-        opt.step()
-        if spd is not None:
-            spd.after_step()
-        if teacher is not None and tcfg.teacher == "ema":
-            ema_update(list(teacher.parameters()), enc_params, tau)
+        # -- forward / backward; DDP all-reduces gradients on the last micro-batch only ------------
+        opt.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        outs: list[dict[str, torch.Tensor]] = []  # this rank's real micro-batches (not the stand-ins)
+        for i in runs:
+            batch, weight = micro_batches[i], weights[i]
+            if weight == 0.0:
+                batch = _stand_in(data, masker, aux, step * tcfg.grad_accum + i)
+            with dist.no_sync(wrapped) if i != runs[-1] else contextlib.nullcontext():
+                _, _, out = _forward(wrapped, teacher, batch, tcfg.motion_aux_weight, dev, dtype)
+                loss = out["loss"] if weight == 1.0 else out["loss"] * weight
+                (loss / len(runs)).backward()  # a NaN loss still joins the all-reduce; checked below
+            if weight != 0.0:  # the stand-in is not logged
+                outs.append(out)
+        # Every rank stops together: one raising alone would leave the others waiting in a collective.
+        # One host sync here (not one per micro-batch): the count stays on the device until then.
+        n_bad = torch.zeros(1, dtype=torch.int64, device=dev)
+        for out in outs:
+            n_bad += (~torch.isfinite(out["loss"].detach())).to(torch.int64)
+        if int(dist.all_reduce_sum(n_bad).item()):
+            mine = [o for o in outs if not bool(torch.isfinite(o["loss"]))]
+            where = _fmt(_to_floats(mine[0])) if mine else "on another rank"
+            raise TrainingError(
+                f"non-finite loss at step {step} ({where}); stopped. The last good checkpoint in "
+                f"{out_dir / 'checkpoints'} is intact: lower train.lr or check the input clips, then resume."
+            )
+
+        # -- optimizer step, regularisers, EMA teacher (not when no rank had a readable clip) ------
+        row: dict[str, Any] = {"step": step + 1, "lr": lr, "tau": tau}
+        sums: dict[str, torch.Tensor] = {}  # float64 sums give exactly the floats of per-value float() calls
+        for out in outs:
+            for k, v in out.items():
+                v = v.detach().to(dev, torch.float64) / tcfg.grad_accum
+                sums[k] = sums[k] + v if k in sums else v
+        if runs:
+            if l2_lambda > 0:  # λ·Σ‖θ−θ₀‖²: its gradient 2λ(θ−θ₀) is added straight into .grad
+                live = [(p, a) for p, a in zip(enc_params, anchors) if p.requires_grad]
+                sums["l2"] = add_l2_anchor_grad_([p for p, _ in live], [a for _, a in live], l2_lambda)
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad],
+                                                       tcfg.grad_clip)
+            if spd is not None:
+                spd.before_step()
+            opt.step()
+            if spd is not None:
+                spd.after_step()
+            if teacher is not None and tcfg.teacher == "ema":
+                ema_update(list(teacher.parameters()), enc_params, tau)
+            logged = _to_floats({"grad_norm": grad_norm, **sums})
+            if 0 < len(outs) < tcfg.grad_accum:  # the mean over the micro-batches this rank really ran
+                logged = {k: v if k in ("grad_norm", "l2") else v * tcfg.grad_accum / len(outs)
+                          for k, v in logged.items()}
+            row.update(logged)
+        else:
+            row["no_data"] = True
+            log.warning(f"step {step + 1}: no readable clip on any rank; optimizer and EMA teacher not stepped")
+        t_step += time.perf_counter() - t0
 
         # -- log, eval, checkpoint (cadence: functions of step) ------------------------------------
         done = step + 1
-        row = {"step": done, "lr": lr, "tau": tau, "grad_norm": float(grad_norm), **logs,
-               "data_wait_s": t_data, "compute_s": t_step}
+        row.update(data_wait_s=t_data, compute_s=t_step)
         if done % tcfg.eval_every == 0 or done == tcfg.steps:
             ev = evaluate(student, teacher, val_set, probe_set, masker, tcfg, anchors, dev, dtype)
             row.update(ev)
@@ -334,7 +417,8 @@ def train(
                     _export(out_dir / "best", student, teacher, tcfg)
             log.info(f"step {done}: {_fmt(row)}")
         elif done % max(tcfg.steps // 10, 1) == 0:  # a heartbeat where no progress bar is shown (CI, logs)
-            log.info(f"step {done}/{tcfg.steps}: loss={row['loss']:.4f} lr={lr:.3g} "
+            loss_s = f"{row['loss']:.4f}" if "loss" in row else "n/a (no readable clip on this rank)"
+            log.info(f"step {done}/{tcfg.steps}: loss={loss_s} lr={lr:.3g} "
                      f"data-wait {t_data / max(t_data + t_step, 1e-9):.0%}")
         history.append(row)
         metrics.write(row)
@@ -343,13 +427,12 @@ def train(
                 "student": student.state_dict(),
                 "teacher": teacher.state_dict() if teacher is not None else None,
                 "optimizer": opt.state_dict(),
-                "scaler": None,  # bf16 needs no loss scaling
                 "rng": ckpt.capture_rng(),
-                "data": {"sampler_position": done * tcfg.grad_accum * micro * d.world_size},
+                "data": {"sampler_position": _data_position(done, micro * tcfg.grad_accum, d.world_size),
+                         "world_size": d.world_size},
                 "best": {"step": best_step, "score": best_score},
                 "history": history,
                 "config": tcfg.model_dump(mode="json"),
-                "l2_lambda": l2_lambda,
             }, keep_last=tcfg.keep_last)
         dist.barrier()
     metrics.close()
@@ -359,13 +442,42 @@ def train(
                        skipped=skipped)
 
 
-def _check_same_run(state: dict[str, Any], tcfg: TrainConfig, l2_lambda: float, path: Path) -> None:
-    """Resuming continues the same run: a checkpoint written under other settings is refused."""
+def _to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """0-d tensors to Python floats with one host sync (float64 keeps the exact values of float())."""
+    if not values:
+        return {}
+    first = next(iter(values.values())).device
+    flat = torch.stack([v.detach().reshape(()).to(first, torch.float64) for v in values.values()]).tolist()
+    return dict(zip(values, flat))
+
+
+def _data_position(step: int, clips_per_rank_step: int, world_size: int) -> int:
+    """Clips of the global sample stream consumed after ``step`` steps (all ranks together)."""
+    return step * clips_per_rank_step * world_size
+
+
+def _check_data_position(state: dict[str, Any], clips_per_rank_step: int, world_size: int, path: Path) -> None:
+    """The data stream resumes where the checkpoint left it: the same position for the same step.
+
+    Batch size and accumulation are part of the config (checked above); what else moves the
+    position is the number of ranks, so a mismatch names it."""
+    data = state.get("data", {})
+    if "sampler_position" not in data:
+        return  # written before positions were recorded
+    want = _data_position(state["step"], clips_per_rank_step, world_size)
+    if data["sampler_position"] != want:
+        then = data.get("world_size", "another number of")
+        raise TrainingError(
+            f"{path}: the checkpoint's data stream is at clip {data['sampler_position']} after step {state['step']} "
+            f"(written with {then} ranks), but with {world_size} rank(s) this run would be at clip {want}: "
+            "resume with the same number of ranks, or start fresh with train.resume=none")
+
+
+def _check_same_run(state: dict[str, Any], tcfg: TrainConfig, path: Path) -> None:
+    """Resuming continues the same run: a checkpoint written under other settings (λ included) is refused."""
     now = {**tcfg.model_dump(mode="json"), "resume": None}
     then = {**state.get("config", {}), "resume": None}
     diff = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
-    if state.get("l2_lambda", l2_lambda) != l2_lambda:
-        diff.append("l2 λ")
     if diff:
         raise TrainingError(f"{path} was written with different settings ({', '.join(diff)}); resume it with the "
                             "same config, or start fresh with train.resume=none or another --out")
@@ -408,10 +520,9 @@ def evaluate(student: Student, teacher: nn.Module | None, val_set: ClipDataset, 
     for batch in build_eval_loader(val_set, tcfg.batch_size, masker):
         if batch["video"] is None:
             continue
-        video, label, reg = _to_device(batch, dev)
+        moved, targets, out = _forward(student, teacher, batch, tcfg.motion_aux_weight or 1.0, dev, dtype)
+        video = moved["video"]
         with autocast_context(dev.type, dtype):
-            targets = teacher_targets(teacher, video) if teacher is not None else None
-            out = student(video, batch.get("masks"), targets, label, reg, tcfg.motion_aux_weight or 1.0)
             feats = encode_full(enc, video).mean(dim=1).float()  # (B, D)
         b = video.shape[0]
         n += b
@@ -448,7 +559,7 @@ def _centroid_probe(enc: nn.Module, probe_set: ClipDataset, val_feats: list[torc
     for batch in build_eval_loader(probe_set, tcfg.batch_size):
         if batch["video"] is not None:
             with autocast_context(dev.type, dtype):
-                xs.append(encode_full(enc, batch["video"].to(dev)).mean(dim=1).float().cpu())
+                xs.append(encode_full(enc, batch_to_device(batch, dev)["video"]).mean(dim=1).float().cpu())
             ys.append(batch["label"])
     tx, ty = torch.cat(xs), torch.cat(ys)
     mu = tx[ty >= 0].mean(0, keepdim=True)  # centre with train statistics only

@@ -3,7 +3,7 @@
 Groups are built over ALL parameters, frozen ones included: a later stage (surgery's prefix
 unfreezing, LP-FT) only flips ``requires_grad`` and the same optimizer trains them. This works
 because torch optimizers skip parameters whose ``.grad`` is None (no moment update, no weight
-decay), so ``set_trainable`` clears the grads of everything it freezes.
+decay), so ``set_encoder_trainable`` clears the grads of everything it freezes.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def apply_schedule(optimizer: torch.optim.Optimizer, lr: float, wd: float) -> No
         group["weight_decay"] = wd * group.get("wd_mult", 1.0)
 
 
-def set_trainable(
+def set_encoder_trainable(
     encoder: nn.Module,
     freeze_below: int | None = None,
     train_below: int | None = None,
@@ -106,14 +106,15 @@ def set_trainable(
     frozen_tensors.
     """
     if freeze_below is not None and train_below is not None:
-        raise ValueError("set_trainable: give freeze_below or train_below, not both")
+        raise ValueError("set_encoder_trainable: give freeze_below or train_below, not both")
     layers = getattr(encoder, layers_attr, None)
     if not isinstance(layers, (nn.ModuleList, nn.Sequential)):
-        raise ValueError(f"set_trainable: encoder has no block list '{layers_attr}' (got {type(layers).__name__})")
+        raise ValueError(f"set_encoder_trainable: encoder has no block list '{layers_attr}' "
+                         f"(got {type(layers).__name__})")
     n_blocks = len(layers)
     cut = freeze_below if freeze_below is not None else train_below
     if cut is not None and not 0 <= cut <= n_blocks:
-        raise ValueError(f"set_trainable: block index {cut} outside [0, {n_blocks}]")
+        raise ValueError(f"set_encoder_trainable: block index {cut} outside [0, {n_blocks}]")
 
     block_of: dict[int, int] = {}
     for i, block in enumerate(layers):

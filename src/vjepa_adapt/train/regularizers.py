@@ -47,27 +47,14 @@ def ema_update(
     torch._foreach_add_(teacher, student, alpha=1.0 - momentum)
 
 
-def l2_anchor(params: Iterable[torch.Tensor], anchors: Iterable[torch.Tensor], lam: float) -> torch.Tensor:
-    """lam * sum_i ||theta_i - theta0_i||^2 as a differentiable scalar (gradient 2 lam (theta - theta0)).
-
-    Pass only trainable parameters. Returns a 0-d tensor (zero for empty lists).
-    """
-    params, anchors = _as_lists(params, anchors, "l2_anchor")
-    if not params:
-        return torch.zeros(())
-    diffs = torch._foreach_sub(params, [a.detach() for a in anchors])
-    norms = torch._foreach_norm(diffs)
-    # Accumulate in fp32: bf16 squares of many tensors would lose the small drifts we measure.
-    return lam * torch.stack([n.float() for n in norms]).pow(2).sum()
-
-
 @torch.no_grad()
 def add_l2_anchor_grad_(
     params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor], lam: float
 ) -> torch.Tensor:
-    """Add the L2-anchor gradient 2 lam (theta - theta0) straight into ``.grad``, in place.
+    """The L2 anchor lam * sum_i ||theta_i - theta0_i||^2: its gradient 2 lam (theta - theta0) is added
+    straight into ``.grad``, in place.
 
-    Same update as putting ``l2_anchor`` in the loss, without keeping theta - theta0 in the
+    Same update as putting the penalty in the loss, without keeping theta - theta0 in the
     autograd graph. Call after backward (and after the DDP gradient all-reduce: the term is
     identical on every rank) and before grad clipping. A parameter whose grad is None gets one.
     Returns the penalty value (0-d, detached) for logging.
@@ -76,6 +63,7 @@ def add_l2_anchor_grad_(
     if not params:
         return torch.zeros(())
     diffs = torch._foreach_sub(params, anchors)
+    # Accumulate in fp32: bf16 squares of many tensors would lose the small drifts we measure.
     value = lam * torch.stack([n.float() for n in torch._foreach_norm(diffs)]).pow(2).sum()
     torch._foreach_mul_(diffs, 2.0 * lam)
     for p, d in zip(params, diffs):

@@ -43,11 +43,6 @@ def linear(step: int, total_steps: int, start: float, end: float) -> float:
     return start + (end - start) * progress
 
 
-def constant(step: int, value: float) -> float:
-    """The same value at every step (keeps the call shape of the other schedules)."""
-    return value
-
-
 def ema_momentum(step: int, total_steps: int, start: float = 0.99925, end: float = 0.99925) -> float:
     """EMA teacher momentum tau: linear start -> end (reference: constant 0.99925)."""
     if not (0.0 <= start <= 1.0 and 0.0 <= end <= 1.0):

@@ -1,0 +1,146 @@
+"""Ch 11a stage adapters: config -> calls of :mod:`vjepa_adapt.segmentation` and :mod:`vjepa_adapt.factors`.
+
+``segment``: RUN/segment/{masks/<clip>.npz, summary.jsonl, overlay.png}, stage.json extra.truth when
+the clips carry synthetic ground truth. ``factorize``: RUN/factorize/{manifest.jsonl, motion.npz,
+samples_<kind>.png, <kind>/<clip>.mp4 when materialised}. Neither needs V-JEPA weights; the
+classical segment backend needs no model at all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vjepa_adapt.config import PipelineConfig
+from vjepa_adapt.errors import UserError
+from vjepa_adapt.pipeline import StageContext
+from vjepa_adapt.stage_result import StageResult, check_bad_share
+from vjepa_adapt.stages.data import clips_source, load_run_clips
+from vjepa_adapt.stages.encoders import resolve_device
+
+SEGMENT, FACTORIZE = "segment", "factorize"
+
+
+def segment_reads() -> list[str]:
+    return ["segment", "data.max_bad_fraction"]
+
+
+def factorize_reads() -> list[str]:
+    # the motion_aux targets of the factor clips use the motion stage's flow settings
+    return ["factors", "motion.backend", "motion.num_pairs", "motion.max_side", "data.max_bad_fraction"]
+
+
+def check_segment_backend(cfg: PipelineConfig) -> None:
+    """Requirement of the segment stage: sam3 needs transformers' SAM 3 and its model; classical nothing."""
+    s = cfg.segment
+    if s.backend != "sam3":
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("transformers.models.sam3_video") is None:
+        raise UserError("segment.backend=sam3 needs transformers >= 5 with SAM 3 (Sam3VideoModel); "
+                        "or use segment.backend=classical (CPU, no model)")
+    from vjepa_adapt.stages.encoders import check_weights_source
+
+    check_weights_source(s.model or "", field="segment.model")
+    resolve_device(cfg)
+
+
+def _skip_errors() -> tuple[type[BaseException], ...]:
+    from vjepa_adapt.motion.stage import default_skip_errors
+
+    return default_skip_errors()
+
+
+def _truth_base(cfg: PipelineConfig, run_dir: Path) -> Path:
+    src = Path(clips_source(cfg, run_dir))
+    return src if src.is_dir() else src.parent
+
+
+def build_segmenter(cfg: PipelineConfig) -> Any:
+    s = cfg.segment
+    if s.backend == "sam3":
+        from vjepa_adapt.segmentation.sam3 import Sam3VideoSegmenter
+
+        return Sam3VideoSegmenter.from_pretrained(s.model, device=resolve_device(cfg), prompts=s.prompts,
+                                                  score_threshold=s.score_threshold, nms_iou=s.nms_iou)
+    from vjepa_adapt.segmentation.classical import ClassicalParams, ClassicalSegmenter
+
+    return ClassicalSegmenter(ClassicalParams(min_area=s.min_area, diff_threshold=s.diff_threshold,
+                                              flow_backend=s.flow_backend))
+
+
+def track_params(cfg: PipelineConfig) -> Any:
+    from vjepa_adapt.segmentation.clip import TrackParams
+
+    s = cfg.segment
+    return TrackParams(iou_threshold=s.iou_threshold, max_gap=s.max_gap, agent_min_frames=s.agent_min_frames,
+                       agent_min_speed=s.agent_min_speed, speed_window=s.speed_window,
+                       interaction_distance=s.interaction_distance, interaction_min_frames=s.interaction_min_frames,
+                       flow_backend=s.flow_backend)
+
+
+def sampling(cfg: PipelineConfig) -> Any:
+    from vjepa_adapt.segmentation.stage import Sampling
+
+    return Sampling(num_frames=cfg.segment.num_frames, short_side=cfg.segment.short_side)
+
+
+def run_segment(ctx: StageContext) -> StageResult:
+    from vjepa_adapt.data.clips import open_clip
+    from vjepa_adapt.data.synthetic import load_truth
+    from vjepa_adapt.segmentation.stage import SegmentItem, read_clip_frames, run_segment_stage
+
+    cfg = ctx.cfg
+    clips, _ = load_run_clips(ctx.run_dir)
+    samp = sampling(cfg)
+    base = _truth_base(cfg, ctx.run_dir)
+    items = []
+    for c in clips:
+        truth = c.meta.get("truth")
+        truth_path = (Path(truth) if Path(truth).is_absolute() else base / truth) if truth else None
+        items.append(SegmentItem(
+            c.clip_id, lambda c=c: read_clip_frames(open_clip(c), samp, c.start, c.end),
+            truth=(lambda p=truth_path: load_truth(p)) if truth_path is not None and truth_path.exists() else None))
+    result = run_segment_stage(items, build_segmenter(cfg), track_params(cfg), ctx.out_dir, samp, _skip_errors(),
+                               overlay_clips=cfg.segment.overlay_clips)
+    check_bad_share(result, cfg.data.max_bad_fraction, SEGMENT)
+    return result
+
+
+def run_factorize(ctx: StageContext) -> StageResult:
+    from vjepa_adapt.data.clips import open_clip
+    from vjepa_adapt.factors import FactorItem, FactorParams, MotionSettings, run_factorize_stage
+    from vjepa_adapt.segmentation.masks import load_clip_masks
+    from vjepa_adapt.segmentation.stage import masks_path, read_clip_frames
+
+    cfg, f, m = ctx.cfg, ctx.cfg.factors, ctx.cfg.motion
+    clips, splits = load_run_clips(ctx.run_dir)
+    seg_dir = ctx.path_of(SEGMENT)
+    samp = sampling(cfg)
+    items = [FactorItem(
+        clip_id=c.clip_id, video_id=c.video_id, split=splits.get(c.clip_id), source_path=c.path,
+        masks=lambda c=c: load_clip_masks(masks_path(seg_dir, c.clip_id)),
+        frames=lambda masks, c=c: _segmented_frames(open_clip(c), samp, c.start, c.end, masks, read_clip_frames))
+        for c in clips if masks_path(seg_dir, c.clip_id).exists()]
+    if not items:
+        raise UserError(f"factorize: no segmented clips in {seg_dir / 'masks'} (run `vjepa-adapt segment` first)")
+    params = FactorParams(num_frames=f.num_frames, max_agent_coverage_layout=f.max_agent_coverage_layout,
+                          min_agent_coverage_agent=f.min_agent_coverage_agent, dilate=f.dilate, feather=f.feather,
+                          blur_sigma=f.blur_sigma, background_level=f.background_level, tube_margin=f.tube_margin,
+                          max_tubes=f.max_tubes)
+    device = resolve_device(cfg) if m.backend.startswith("raft") else "cpu"
+    motion = MotionSettings(num_pairs=m.num_pairs, backend=m.backend, max_side=m.max_side, device=device)
+    result = run_factorize_stage(items, params, ctx.out_dir, materialise=f.materialise, motion=motion,
+                                 skip_errors=_skip_errors(), fps=f.fps, sample_clips=f.sample_clips)
+    check_bad_share(result, cfg.data.max_bad_fraction, FACTORIZE)
+    return result
+
+
+def _segmented_frames(src: Any, samp: Any, start: float | None, end: float | None, masks: Any, reader: Any) -> Any:
+    import numpy as np
+
+    frames, idx = reader(src, samp, start, end)
+    if not np.array_equal(idx, masks.frame_indices) or frames.shape[:3] != masks.labels.shape:
+        raise ValueError(f"{masks.clip_id}: decoded frames differ from the segmented ones (re-run segment)")
+    return frames

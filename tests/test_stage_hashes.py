@@ -1,0 +1,20 @@
+"""A stage's hash covers every setting it reads (issue #9, defect 7: stale caches)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vjepa_adapt.config import load_config
+from vjepa_adapt.stages.graph import build_graph
+
+
+@pytest.mark.parametrize("override", [
+    "data.crop_scale=[0.5,1.0]", "data.crop_ratio=[0.8,1.2]", "data.flip_prob=0.0", "data.split_seed=3",
+])
+def test_base_reruns_when_an_augmentation_or_split_setting_changes(override):
+    # run_base trains with cfg.data's crop/flip settings and splits the source world with data.split_seed
+    before = build_graph(load_config("demo")).hashes(load_config("demo"))
+    cfg = load_config("demo", [override])
+    after = build_graph(cfg).hashes(cfg)
+    assert after["base"] != before["base"]
+    assert after["embed/frozen"] != before["embed/frozen"]  # and what starts from the base
