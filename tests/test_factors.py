@@ -128,10 +128,8 @@ def test_interaction_tube_uses_only_frames_of_its_window():
     specs, _ = plan_factors(masks, params)
     tube = [s for s in specs if s.kind == INTERACTION]
     assert len(tube) == 1 and tube[0].window == (6, 11) and tube[0].pair == (1, 2)
-    x0, y0, x1, y1 = tube[0].box
+    x0, y0, x1, _ = tube[0].box
     assert x0 <= 4 + 6 and x1 >= 20 + 10 + 8  # both squares over the whole window
-    whole = frames.copy()
-    whole[:, 0, 0] = 0
     crop_src = frames.copy()
     crop_src[:, y0, x0] = frames[:, 0, 0]  # put the frame index where the crop can see it
     out = build_factor_frames(crop_src, masks, tube[0], params)
@@ -154,7 +152,7 @@ def test_streamed_factor_clip_equals_the_built_one_and_has_its_own_motion():
     frames, masks = clip_with_agents(n=12, interactions=[{"a": 1, "b": 2, "start": 0, "end": 12}])
     params = FactorParams(num_frames=8, min_agent_coverage_agent=0.02)  # two 8x8 squares: 4% of the frame
     for kind in (LAYOUT, AGENT, INTERACTION):
-        spec = [s for s in plan_factors(masks, params)[0] if s.kind == kind][0]
+        spec = next(s for s in plan_factors(masks, params)[0] if s.kind == kind)
         assert np.array_equal(build_factor_clip(frames, masks, kind, params), build_factor_frames(frames, masks, spec,
                                                                                                    params))
     layout = build_factor_clip(frames, masks, LAYOUT, params, full_rate=True)
@@ -192,7 +190,7 @@ def test_factorize_stage_materialised(segmented_run):
     rec = json.loads((out / "stage.json").read_text())
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert rec["done"] == 10 and sum(rec["extra"]["factor_clips"].values()) == len(rows)
-    assert rec["extra"]["factor_clips"][LAYOUT] >= 8 and rec["extra"]["factor_clips"][AGENT] >= 8
+    assert rec["extra"]["factor_clips"][LAYOUT] >= 8 and rec["extra"]["factor_clips"][AGENT] >= 5
     for kind in (LAYOUT, AGENT):
         assert (out / f"samples_{kind}.png").stat().st_size > 10_000
     clips = load_clips(out / "manifest.jsonl")
@@ -227,13 +225,11 @@ def test_factorize_stage_streamed_rebuilds_from_the_source_clip(segmented_run):
     assert frames.shape == (16, 96, 128, 3) and frames.dtype == np.uint8
 
 
-def test_factorize_without_segment_outputs_runs_segment_first(tmp_path):
+def test_factorize_without_segment_outputs_runs_segment_first(segmented_run):
     from vjepa_adapt.cli import main
-    from vjepa_adapt.data.synthetic import generate_world
 
-    generate_world(tmp_path / "w", num_clips=10, style="target", seed=2, width=64, height=48, num_frames=16,
-                   clips_per_video=1)
-    args = ["--clips", str(tmp_path / "w" / "manifest.jsonl"), "--out", str(tmp_path / "run"), "segment.num_frames=16"]
-    assert main(["factorize", *args]) == 0
-    assert (tmp_path / "run" / "segment" / "stage.json").exists()
-    assert (tmp_path / "run" / "factorize" / "manifest.jsonl").exists()
+    root, args = segmented_run
+    run = root / "run3"
+    assert main(["factorize", *args, "--out", str(run), "segment.num_frames=16", "factors.num_frames=8"]) == 0
+    assert json.loads((run / "segment" / "stage.json").read_text())["done"] == 10
+    assert (run / "factorize" / "manifest.jsonl").read_text()

@@ -24,7 +24,11 @@ from vjepa_adapt.segmentation.agents import (
     in_mask_motion,
     mine_interactions,
 )
-from vjepa_adapt.segmentation.classical import ClassicalSegmenter, components, stabilised_median
+from vjepa_adapt.segmentation.classical import (
+    ClassicalSegmenter,
+    components,
+    stabilised_median,
+)
 from vjepa_adapt.segmentation.clip import TrackParams, segment_clip
 from vjepa_adapt.segmentation.instances import Instances
 from vjepa_adapt.segmentation.masks import (
@@ -69,7 +73,8 @@ def moving_square_clip(n: int = 12, h: int = 64, w: int = 96, speed: float = 3.0
     """A textured world seen by a camera panning ``pan`` px/frame; a bright square walks ``speed`` px/frame
     to the right (in the world); optionally a second square is parked. -> frames, agent masks, parked masks."""
     world = textured(h, w + abs(pan) * n + 40, seed=1)
-    sprite = textured(14, 14, seed=7)
+    yy, xx = np.mgrid[0:14, 0:14]
+    sprite = np.where((((yy // 3) + (xx // 3)) % 2 == 0)[..., None], (230, 200, 40), (40, 30, 120)).astype(np.uint8)
     parked_sprite = textured(14, 18, seed=9)
     frames, agent, still = [], [], []
     for t in range(n):

@@ -38,6 +38,17 @@ class RunConfig(Section):
     dtype: Literal["fp32", "bf16"] = "fp32"
     num_workers: int = Field(0, ge=0)
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = leave torch's default")
+    # Clip-parallel stages (motion, tag, embed): where their per-chunk work runs (vjepa_adapt.engine).
+    # None of these is in a stage hash: every engine writes the same bytes.
+    engine: Literal["local", "ray"] = Field(
+        "local", description="local = this process (under torchrun: chunks sharded by rank, rank 0 merges); "
+                             "ray = Ray Data map_batches on run.ray_address")
+    ray_address: str | None = Field(None, description="None = start a local Ray; 'auto' or host:port = join a "
+                                                      "running cluster (ray start --head)")
+    ray_workers: int = Field(0, ge=0, description="Ray tasks/actors at a time; 0 = one per GPU (model stages on "
+                                                  "GPUs) or per CPU")
+    chunk_size: int = Field(64, ge=1, description="clips per resumable chunk of motion and tag (embed: "
+                                                  "embed.chunk_size)")
 
 
 class SynthConfig(Section):
@@ -284,6 +295,7 @@ class SegmentConfig(Section):
                                                            "(px) before segmenting; null = full size")
     iou_threshold: float = Field(0.3, gt=0, le=1)
     max_gap: int = Field(2, ge=0, description="missing frames a tracklet may skip")
+    min_tracklet_frames: int = Field(3, ge=1, description="tracklets seen on fewer frames are dropped (flicker)")
     agent_min_frames: int = Field(4, ge=1, description="frames a tracklet must move on to be an agent")
     agent_min_speed: float = Field(0.001, gt=0, description="motion relative to the camera (x frame width "
                                                             "per frame) above which a frame counts as moving")
@@ -293,8 +305,10 @@ class SegmentConfig(Section):
     flow_backend: Literal["farneback", "dis"] = Field("dis", description="optical flow of the classical backend "
                                                                          "and the agent filter")
     min_area: float = Field(0.002, gt=0, lt=1, description="classical: smallest instance (share of the frame)")
-    diff_threshold: float = Field(25.0, gt=0, le=255, description="classical: colour change (0-255) that "
+    diff_threshold: float = Field(35.0, gt=0, le=255, description="classical: colour change (0-255) that "
                                                                    "confirms motion at an object's boundary")
+    min_motion: float = Field(0.0023, gt=0, description="classical: motion relative to the scene (x frame width "
+                                                        "per frame) a pixel needs to count as moving")
     model: str | None = Field(None, description="sam3: Hub id (facebook/sam3) or local folder")
     prompts: list[str] = Field(default_factory=lambda: [
         "pedestrian", "vendor", "policeman", "car", "bus", "truck", "motorcycle", "scooter", "bicycle",

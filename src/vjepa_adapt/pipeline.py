@@ -64,6 +64,12 @@ class StageSpec:
     requires: tuple[Callable[[PipelineConfig], None], ...] = ()
     # under torchrun: True = every rank runs it (DDP training); False = rank 0 runs it, the others wait
     distributed: bool = False
+    # a clip-parallel stage (vjepa_adapt.engine): under torchrun with run.engine=local every rank runs
+    # it on its share of the chunks and rank 0 merges; with run.engine=ray rank 0 drives the cluster
+    clip_parallel: bool = False
+
+    def every_rank(self, cfg: PipelineConfig) -> bool:
+        return self.distributed or (self.clip_parallel and cfg.run.engine == "local")
 
     @property
     def dirname(self) -> str:
@@ -197,8 +203,10 @@ class StageGraph:
     ) -> dict[str, str]:
         """Run ``targets`` (default: all) and what they need. Returns {stage: 'ran'|'cached'}.
 
-        Under torchrun (several ranks) a ``distributed`` stage runs on every rank; any other runs on
-        rank 0 alone while the others wait; only rank 0 writes the run's files and stage records.
+        Under torchrun (several ranks) a ``distributed`` stage runs on every rank, and so does a
+        ``clip_parallel`` one with ``run.engine=local`` (each rank its share of the clips, rank 0 merges);
+        any other runs on rank 0 alone while the others wait; only rank 0 writes the run's files and
+        stage records.
         """
         from vjepa_adapt import dist
 
@@ -223,12 +231,13 @@ class StageGraph:
                 outcome[n] = "cached"
                 continue
             dist.wait_for_main()  # rank 0 has finished (and recorded) every stage before this one
-            if not (main or spec.distributed):
+            every_rank = spec.every_rank(cfg)
+            if not (main or every_rank):
                 outcome[n] = "ran on rank 0"
                 continue
             if main:
                 _prepare_folder(out_dir, hashes[n])
-            if spec.distributed:
+            if every_rank:
                 dist.wait_for_main()  # the folder is ready before any rank writes into it
             log.info(f"{n}: running")
             t0 = time.perf_counter()

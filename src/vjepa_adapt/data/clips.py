@@ -8,11 +8,16 @@ Sources ``load_clips`` understands:
 - **a manifest**: ``.csv`` (header row) or ``.jsonl`` with ``clip_id``, ``path`` and optionally
   ``video_id`` (default: the clip_id), ``start``/``end`` (seconds). Relative paths are resolved
   against the manifest's folder; every other column goes to ``Clip.meta``.
-- **WebDataset tar shards**: one ``.tar``, a glob, or a brace pattern such as
-  ``shards/train-{000000..000009}.tar``. A sample is ``<key>.<video ext>`` plus an optional
-  ``<key>.json`` with clip_id / video_id / start / end (+ extra keys -> meta). ``Clip.path`` is
-  ``<shard.tar>#<member>``; ``open_clip`` returns that member's bytes. Members with absolute or
-  '..' paths, and links, are skipped with a logged reason.
+- **WebDataset tar shards**, read through the ``webdataset`` library: one ``.tar``, a glob, a brace
+  pattern such as ``shards/train-{000000..000009}.tar``, ``::``-joined lists, and URLs webdataset
+  opens: ``pipe:<command>`` (object stores: ``pipe:aws s3 cp s3://bucket/train-{0..9}.tar -``) and
+  ``http(s)://``. A sample is ``<key>.<video ext>`` plus an optional ``<key>.json`` with clip_id /
+  video_id / start / end (+ extra keys -> meta). ``Clip.path`` is ``<shard>#<member>``;
+  ``open_clip`` returns that member's bytes (random access through a local file index; a remote
+  shard is fetched once into a local cache, see ``local_shard``). ``stream_clips`` streams shards
+  front to back, split by rank and DataLoader worker (``wds.split_by_node`` / ``split_by_worker``).
+  Members with absolute or '..' paths, links and devices, and samples without a video are skipped
+  with a logged reason.
 - **hf://datasets/<owner>/<name>[@revision]/<path in repo>**: downloaded with huggingface_hub
   (cache honoured), then read as one of the above.
 
@@ -34,7 +39,7 @@ import os
 import re
 import tarfile
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -104,8 +109,8 @@ def load_clips(source: str | os.PathLike) -> list[Clip]:
             clips = [Clip(clip_id=path.stem, path=str(path), video_id=path.stem)]
         else:
             raise ClipSourceError(f"{text}: not a folder, manifest (.csv/.jsonl), .tar shard or video file")
-    elif any(ch in text for ch in "*?[{"):
-        clips = _load_shards(expand_shard_pattern(text))
+    elif is_remote_shard(text) or any(ch in text for ch in "*?[{") or "::" in text:
+        clips = _load_shards(shard_urls(text))
     else:
         raise ClipSourceError(f"clip source {text!r} does not exist")
     if not clips:
@@ -154,7 +159,9 @@ def _clip_from_row(row: dict[str, Any], base: Path, where: str) -> Clip:
         raise ClipSourceError(f"{where}: missing {', '.join(missing)}")
     clip_id = str(row["clip_id"])
     raw_path = str(row["path"])
-    if _TAR_MARK in raw_path:
+    if is_remote_shard(raw_path):
+        path = raw_path  # a URL: nothing to resolve
+    elif _TAR_MARK in raw_path:
         tar, member = raw_path.split(_TAR_MARK, 1)
         path = f"{_resolve(tar + '.tar', base)}#{member}"
     else:
@@ -249,7 +256,8 @@ class _Member:
 
 @functools.lru_cache(maxsize=64)
 def _tar_index(tar_path: str, mtime_ns: int) -> dict[str, _Member]:
-    """Regular-file members of a tar and where their bytes sit (cached per file version)."""
+    """Regular-file members of a local tar and where their bytes sit (cached per file version): random
+    access by clip id (embed and the trainer read one clip at a time)."""
     del mtime_ns  # part of the cache key only: a rewritten shard is re-indexed
     index = {}
     try:
@@ -262,62 +270,176 @@ def _tar_index(tar_path: str, mtime_ns: int) -> dict[str, _Member]:
     return index
 
 
-def scan_shard(tar_path: str) -> tuple[list[Clip], list[tuple[str, str]]]:
-    """Clips of one WebDataset shard, and ``(member, reason)`` for every member that was skipped."""
-    groups: dict[str, dict[str, str]] = defaultdict(dict)  # key -> ext -> member name
-    records: dict[str, bytes] = {}  # json member name -> its bytes
-    rejected: list[tuple[str, str]] = []
+def is_remote_shard(source: str) -> bool:
+    """A shard URL that webdataset opens: ``pipe:<command>`` (object stores: ``pipe:aws s3 cp s3://… -``,
+    ``pipe:gsutil cat gs://…``) or ``http(s)://`` (curl)."""
+    return source.startswith("pipe:") or bool(re.match(r"^(https?|gs|ais|sftp|scp|ftps)://", source))
+
+
+def shard_urls(pattern: str) -> list[str]:
+    """Shard URLs of a pattern: braces (``{000..009}``) and ``::`` lists expanded by webdataset; local
+    paths also globbed and checked to exist."""
+    import webdataset as wds
+
+    if is_remote_shard(pattern):
+        return list(wds.shardlists.expand_urls(pattern))
+    return [os.path.abspath(p) for part in pattern.split("::") for p in expand_shard_pattern(part)]
+
+
+def iter_shard_samples(
+    urls: Sequence[str],
+    *,
+    by_node: bool = False,
+    by_worker: bool = False,
+    read: Callable[[str], bool] = lambda ext: True,
+    on_reject: Callable[[str, str, str], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """WebDataset samples of ``urls`` through webdataset's pipeline: ``{"__key__", "__url__", <ext>: bytes}``.
+
+    ``by_node`` / ``by_worker``: ``wds.split_by_node`` (torchrun rank) / ``wds.split_by_worker``
+    (DataLoader worker) take this process's share of the shards. ``read(ext)``: whether a member's
+    bytes are read (False: None in the sample; a local shard then seeks past them). Members that are
+    not used — absolute or '..' paths, links and devices, names without ``<key>.<ext>`` — never reach
+    a sample; ``on_reject(url, member, reason)`` hears of each. A member's original name is
+    ``f"{__key__}.{ext}"`` (extensions keep their case).
+    """
+    import webdataset as wds
+    from webdataset.tariterators import group_by_keys
+
+    def reject(url: str, member: str, reason: str) -> None:
+        if on_reject is not None:
+            on_reject(url, member, reason)
+        else:
+            log.warning("skipping member %s of %s: %s", member, url, reason)
+
+    def members(src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for shard in src:
+            yield from _tar_members(shard["url"], read, reject)
+            yield {}  # end of shard: webdataset's grouping never joins samples across shards
+
+    def duplicate(exn: Exception) -> bool:  # group_by_keys: one key with the same extension twice
+        reject("", str(exn.args[0]).split(":", 1)[0], "duplicate member in its sample")
+        return True
+
+    stages: list[Any] = [wds.SimpleShardList(list(urls))]
+    if by_node:
+        stages.append(wds.split_by_node)
+    if by_worker:
+        stages.append(wds.split_by_worker)
+    stages += [members, functools.partial(group_by_keys, lcase=False, handler=duplicate)]
+    yield from wds.DataPipeline(*stages)
+
+
+def _tar_members(url: str, read: Callable[[str], bool], reject: Callable[[str, str, str], None],
+                 ) -> Iterator[dict[str, Any]]:
+    """The usable members of one shard as webdataset's ``{fname, data, __url__}`` records, in tar order."""
+    import webdataset as wds
+
+    local = not is_remote_shard(url)
     try:
-        with tarfile.open(tar_path, mode="r:") as tf:
+        with (open(url, "rb") if local else wds.gopen(url)) as fh, \
+                tarfile.open(fileobj=fh, mode="r:" if local else "r|*") as tf:
             for info in tf:
                 if info.isdir():
                     continue
                 reason = unsafe_member_reason(info.name)
                 if reason is None and not info.isfile():
                     reason = "not a regular file (link or device)"
+                base = info.name.rpartition("/")[2]
+                if reason is None and (base.startswith(".") or "." not in base):
+                    reason = "not a <key>.<ext> sample file"
                 if reason is not None:
-                    rejected.append((info.name, reason))
+                    reject(url, info.name, reason)
                     continue
-                parent, _, base = info.name.rpartition("/")
-                stem, dot, ext = base.partition(".")  # WebDataset: the key ends at the first dot
-                if base.startswith(".") or not dot:
-                    rejected.append((info.name, "not a <key>.<ext> sample file"))
-                    continue
-                key = f"{parent}/{stem}" if parent else stem
-                groups[key][ext.lower()] = info.name
-                if ext.lower() == "json":
-                    fh = tf.extractfile(info)
-                    records[info.name] = fh.read() if fh else b""
-    except (tarfile.TarError, OSError) as e:
-        raise ClipSourceError(f"{tar_path}: not a readable (uncompressed) tar shard ({e})") from e
-    clips = []
-    for key, files in groups.items():
-        videos = sorted(ext for ext in files if "." + ext in VIDEO_EXTENSIONS)
-        if not videos:
-            if "json" in files:
-                rejected.append((files["json"], "sample has no video member"))
-            continue
-        record: Any = {}
-        if "json" in files:
-            try:
-                record = json.loads(records[files["json"]].decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                rejected.append((files["json"], f"bad JSON ({e})"))
-                continue
-            if not isinstance(record, dict):
-                rejected.append((files["json"], "JSON is not an object"))
-                continue
-        record.setdefault("clip_id", key.replace("/", "__"))
-        record["path"] = f"{tar_path}#{files[videos[0]]}"
-        clips.append(_clip_from_row(record, Path("."), f"{tar_path}#{key}"))
+                ext = base.partition(".")[2]  # WebDataset: the key ends at the first dot
+                data = None
+                if read(ext.lower()):
+                    member = tf.extractfile(info)
+                    data = member.read() if member else b""
+                yield {"fname": info.name, "data": data, "__url__": url}
+    except (tarfile.TarError, OSError, ValueError) as e:
+        raise ClipSourceError(f"{url}: not a readable tar shard ({e})") from e
+
+
+def scan_shard(tar_path: str) -> tuple[list[Clip], list[tuple[str, str]]]:
+    """Clips of one WebDataset shard (a path or URL), and ``(member, reason)`` for every member skipped."""
+    rejected: list[tuple[str, str]] = []
+    samples = iter_shard_samples([tar_path], read=lambda ext: ext == "json",
+                                 on_reject=lambda url, member, reason: rejected.append((member, reason)))
+    clips = [c for c in (_clip_of_sample(s, rejected) for s in samples) if c is not None]
     clips.sort(key=lambda c: c.clip_id)
     return clips, rejected
+
+
+def _clip_of_sample(sample: dict[str, Any], rejected: list[tuple[str, str]]) -> Clip | None:
+    key, url = sample["__key__"], sample["__url__"]
+    exts = [k for k in sample if not k.startswith("__")]
+    videos = sorted(e for e in exts if "." + e.lower() in VIDEO_EXTENSIONS)
+    json_ext = next((e for e in exts if e.lower() == "json"), None)
+    if not videos:
+        if json_ext:
+            rejected.append((f"{key}.{json_ext}", "sample has no video member"))
+        return None
+    record: Any = {}
+    if json_ext:
+        try:
+            record = json.loads((sample[json_ext] or b"").decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            rejected.append((f"{key}.{json_ext}", f"bad JSON ({e})"))
+            return None
+        if not isinstance(record, dict):
+            rejected.append((f"{key}.{json_ext}", "JSON is not an object"))
+            return None
+    record.setdefault("clip_id", key.replace("/", "__"))
+    record["path"] = f"{url}#{key}.{videos[0]}"
+    return _clip_from_row(record, Path("."), f"{url}#{key}")
+
+
+def stream_clips(source: str, by_node: bool = True, by_worker: bool = True) -> Iterator[tuple[Clip, bytes]]:
+    """Stream ``(clip, video bytes)`` from shards, in shard order, this rank's / DataLoader worker's share.
+
+    For sequential readers of remote shards (no random access: each shard is read once, front to
+    back). Random access by clip id (``open_clip``) goes through a local file instead: local shards
+    directly, remote ones through a local copy (:func:`local_shard`).
+    """
+    for sample in iter_shard_samples(shard_urls(source), by_node=by_node, by_worker=by_worker):
+        rejected: list[tuple[str, str]] = []
+        clip = _clip_of_sample(sample, rejected)
+        for member, reason in rejected:
+            log.warning("skipping member %s of %s: %s", member, sample["__url__"], reason)
+        if clip is not None:
+            yield clip, sample[clip.path.rpartition("#")[2][len(sample["__key__"]) + 1:]]
+
+
+SHARD_CACHE_ENV = "VJEPA_ADAPT_SHARD_CACHE"
+
+
+def local_shard(url: str) -> str:
+    """A local path holding the shard ``url``: the path itself, or a copy streamed once (via webdataset's
+    ``gopen``) into ``$VJEPA_ADAPT_SHARD_CACHE`` (default ``~/.cache/vjepa_adapt/shards``), atomically."""
+    import hashlib
+
+    import webdataset as wds
+
+    if not is_remote_shard(url):
+        return url
+    cache = Path(os.environ.get(SHARD_CACHE_ENV) or Path.home() / ".cache" / "vjepa_adapt" / "shards")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", url.rsplit("/", 1)[-1])[-60:]
+    path = cache / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
+    if not path.exists():
+        try:
+            with wds.gopen(url) as src, storage.atomic_open(path, "wb") as dst:
+                while block := src.read(1 << 20):
+                    dst.write(block)
+        except (OSError, ValueError) as e:
+            raise ClipSourceError(f"{url}: could not fetch the shard ({e})") from e
+    return str(path)
 
 
 def _load_shards(paths: Iterable[str]) -> list[Clip]:
     clips: list[Clip] = []
     for tar_path in paths:
-        found, rejected = scan_shard(os.path.abspath(tar_path))
+        found, rejected = scan_shard(tar_path if is_remote_shard(tar_path) else os.path.abspath(tar_path))
         for member, reason in rejected:
             log.warning("skipping member %s of %s: %s", member, tar_path, reason)
         clips.extend(found)
@@ -325,7 +447,10 @@ def _load_shards(paths: Iterable[str]) -> list[Clip]:
 
 
 def split_tar_path(path: str) -> tuple[str, str] | None:
-    """``(tar path, member)`` for a ``<shard.tar>#<member>`` clip path, else None."""
+    """``(shard, member)`` for a ``<shard.tar>#<member>`` or ``<shard URL>#<member>`` clip path, else None."""
+    if is_remote_shard(path):
+        url, sep, member = path.rpartition("#")
+        return (url, member) if sep else None
     i = path.find(_TAR_MARK)
     if i < 0:
         return None
@@ -335,6 +460,7 @@ def split_tar_path(path: str) -> tuple[str, str] | None:
 def open_clip(clip: Clip) -> str | bytes:
     """What ``read_frames`` needs for a clip: its file path, or the bytes of its tar member.
 
+    A member of a remote shard is read from the shard's local copy (:func:`local_shard`, fetched once).
     Raises ``VideoError`` ('missing', 'unsafe_path') so a loader can skip the clip with a reason.
     """
     from vjepa_adapt.data.video import VideoError
@@ -347,6 +473,7 @@ def open_clip(clip: Clip) -> str | bytes:
     if reason is not None:
         raise VideoError("unsafe_path", f"{clip.path}: tar member refused ({reason})")
     try:
+        tar_path = local_shard(tar_path)
         index = _tar_index(tar_path, os.stat(tar_path).st_mtime_ns)
     except FileNotFoundError as e:
         raise VideoError("missing", f"shard {tar_path} does not exist") from e

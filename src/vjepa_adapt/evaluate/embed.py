@@ -1,14 +1,16 @@
 """Frozen-encoder features for every clip: the pooled token grid (fp16) and its mean vector.
 
 Work is cut into chunks of clips; each finished chunk is one atomic file, so an interrupted run
-resumes at the first missing chunk and never recomputes a finished one. Decoding runs in DataLoader
+resumes at the first missing chunk and never recomputes a finished one. The chunks are the
+engine's parts (:mod:`vjepa_adapt.engine`): in this process, sharded by rank, or on Ray. Decoding runs in DataLoader
 workers so it overlaps with the encoder's compute.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,11 +37,6 @@ def shuffle_frames(video: torch.Tensor, seed: int, clip_ids: Sequence[str]) -> t
     return out
 
 
-def _chunk_path(folder: Path, k: int) -> Path:
-    return folder / "chunks" / f"chunk-{k:05d}.npz"
-
-
-@torch.no_grad()
 def embed_clips(
     encoder: nn.Module,
     clips: Sequence[Clip],
@@ -60,57 +57,93 @@ def embed_clips(
 
     ``extra_features(tokens (B, N, D)) -> (B, E)`` appends a per-clip vector to every pooled token and
     to the mean (the head-only arms append their head's hidden vector): D' = D + E.
+    In this process (under torchrun: this rank's share of the chunks; rank 0 merges). The stage runs
+    the same work through :func:`vjepa_adapt.engine.run_configured` (also on Ray).
     """
-    out_dir = Path(out_dir)
+    from vjepa_adapt.engine import run_job
+
+    work = make_embed_work(encoder, num_frames=num_frames, size=size, batch_size=batch_size, pooled_grid=pooled_grid,
+                           device=device, dtype=dtype, num_workers=num_workers,
+                           frame_shuffle_seed=frame_shuffle_seed, extra_features=extra_features)
+    parts = run_job(embed_job(clips, out_dir, chunk_size, lambda: work), engine="local")
+    return StageResult() if parts is None else merge_chunks(out_dir, parts)
+
+
+def embed_job(clips: Sequence[Clip], out_dir: str | Path, chunk_size: int, make_worker: Callable[[], Any]) -> Any:
+    """The embed stage as an engine job: chunks of ``chunk_size`` clips → ``out_dir/chunks/chunk-KKKKK.npz``."""
+    from vjepa_adapt.engine import ClipJob
+
+    return ClipJob("embed", list(clips), chunk_size, Path(out_dir) / "chunks", make_worker, part_name="chunk-{:05d}.npz",
+                   uses_model=True, uses_device=True)
+
+
+def make_embed_work(
+    encoder: nn.Module,
+    *,
+    num_frames: int,
+    size: int,
+    batch_size: int = 16,
+    pooled_grid: tuple[int, int, int] = (1, 4, 4),
+    device: str = "cpu",
+    dtype: str = "fp32",
+    num_workers: int = 0,
+    frame_shuffle_seed: int | None = None,
+    extra_features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Callable[[Sequence[Any]], Iterator[tuple[int, dict[str, np.ndarray]]]]:
+    """``work(chunks) -> (chunk index, chunk arrays)``: clip_ids, tokens (n, k, D') fp16, mean (n, D'), skipped.
+
+    One loader over all the chunks it is given (batches never straddle a chunk), so decode workers
+    keep decoding across chunk boundaries instead of restarting cold for each chunk.
+    """
     encoder = encoder.to(device).eval()
     grid = token_grid(encoder.config, num_frames)
-    result = StageResult()
-    n_chunks = (len(clips) + chunk_size - 1) // chunk_size
-    todo = [k for k in range(n_chunks) if not _chunk_path(out_dir, k).exists()]  # finished chunks: never redone
-    # One loader over every missing chunk (batches never straddle a chunk), so workers keep decoding
-    # across chunk boundaries instead of restarting cold for each chunk.
-    batches, batch_chunk = [], []
-    for k in todo:
-        lo, hi = k * chunk_size, min((k + 1) * chunk_size, len(clips))
-        for b in range(lo, hi, batch_size):
-            batches.append(list(range(b, min(b + batch_size, hi))))
-            batch_chunk.append(k)
-    ds = ClipDataset(list(clips), num_frames=num_frames, size=size, seed=0, train=False)
-    loader = build_eval_loader(ds, batch_size, batches=batches, num_workers=num_workers)
-    acc: dict[str, list] = {"ids": [], "tokens": [], "mean": [], "skipped": []}
-    current = todo[0] if todo else -1
-    for k, batch in zip(batch_chunk, progress(loader, desc="embed", total=len(batches), unit="batch")):
-        if k != current:  # batches arrive in order: the previous chunk is complete
-            _write_chunk(out_dir, current, acc)
-            current = k
-        acc["skipped"].extend(batch["skipped"])
-        if batch["video"] is None:
-            continue
-        video = batch_to_device(batch, device)["video"]  # (B, T, 3, S, S)
-        if frame_shuffle_seed is not None:
-            video = shuffle_frames(video, frame_shuffle_seed, batch["clip_id"])
-        with autocast_context(torch.device(device).type, dtype):
-            tokens = encode_full(encoder, video)  # (B, N, D)
-        pooled = pool_tokens(tokens, grid, pooled_grid)  # (B, n, D) fp32
-        mean = mean_pool(tokens)  # (B, D) fp32
-        if extra_features is not None:
-            extra = extra_features(tokens).float()  # (B, E)
-            pooled = torch.cat([pooled, extra[:, None, :].expand(-1, pooled.shape[1], -1)], dim=-1)
-            mean = torch.cat([mean, extra], dim=-1)
-        acc["ids"].extend(batch["clip_id"])
-        acc["tokens"].append(pooled.cpu().numpy().astype(np.float16))
-        acc["mean"].append(mean.cpu().numpy())
-    if todo:
-        _write_chunk(out_dir, current, acc)
-    return _merge_chunks(out_dir, n_chunks, result)
+
+    @torch.no_grad()
+    def work(chunks: Sequence[Any]) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        clips = [c for chunk in chunks for c in chunk.clips]
+        batches, batch_chunk = [], []
+        lo = 0
+        for chunk in chunks:
+            hi = lo + len(chunk.clips)
+            for b in range(lo, hi, batch_size):
+                batches.append(list(range(b, min(b + batch_size, hi))))
+                batch_chunk.append(chunk.index)
+            lo = hi
+        if not batches:
+            return
+        ds = ClipDataset(clips, num_frames=num_frames, size=size, seed=0, train=False)
+        loader = build_eval_loader(ds, batch_size, batches=batches, num_workers=num_workers)
+        acc: dict[str, list] = {"ids": [], "tokens": [], "mean": [], "skipped": []}
+        current = batch_chunk[0]
+        for k, batch in zip(batch_chunk, progress(loader, desc="embed", total=len(batches), unit="batch")):
+            if k != current:  # batches arrive in order: the previous chunk is complete
+                yield current, _chunk_arrays(acc)
+                current = k
+            acc["skipped"].extend(batch["skipped"])
+            if batch["video"] is None:
+                continue
+            video = batch_to_device(batch, device)["video"]  # (B, T, 3, S, S)
+            if frame_shuffle_seed is not None:
+                video = shuffle_frames(video, frame_shuffle_seed, batch["clip_id"])
+            with autocast_context(torch.device(device).type, dtype):
+                tokens = encode_full(encoder, video)  # (B, N, D)
+            pooled = pool_tokens(tokens, grid, pooled_grid)  # (B, n, D) fp32
+            mean = mean_pool(tokens)  # (B, D) fp32
+            if extra_features is not None:
+                extra = extra_features(tokens).float()  # (B, E)
+                pooled = torch.cat([pooled, extra[:, None, :].expand(-1, pooled.shape[1], -1)], dim=-1)
+                mean = torch.cat([mean, extra], dim=-1)
+            acc["ids"].extend(batch["clip_id"])
+            acc["tokens"].append(pooled.cpu().numpy().astype(np.float16))
+            acc["mean"].append(mean.cpu().numpy())
+        yield current, _chunk_arrays(acc)
+
+    return work
 
 
-def _write_chunk(out_dir: Path, k: int, acc: dict[str, list]) -> None:
-    """One finished chunk → one atomic file; then the accumulator starts empty."""
-    if k < 0:
-        return
-    storage.save_npz(
-        _chunk_path(out_dir, k),
+def _chunk_arrays(acc: dict[str, list]) -> dict[str, np.ndarray]:
+    """One finished chunk's arrays; then the accumulator starts empty."""
+    out = dict(
         clip_ids=np.asarray(acc["ids"], dtype=str),
         tokens=np.concatenate(acc["tokens"]) if acc["tokens"] else np.zeros((0, 1, 1), np.float16),
         mean=np.concatenate(acc["mean"]) if acc["mean"] else np.zeros((0, 1), np.float32),
@@ -118,19 +151,22 @@ def _write_chunk(out_dir: Path, k: int, acc: dict[str, list]) -> None:
     )
     for v in acc.values():
         v.clear()
+    return out
 
 
-def _merge_chunks(out_dir: Path, n_chunks: int, result: StageResult) -> StageResult:
+def merge_chunks(out_dir: str | Path, parts: Sequence[dict[str, np.ndarray]]) -> StageResult:
+    """Chunks in order → ``features.npz`` (clip order) and the skipped clips with their reasons."""
+    out_dir = Path(out_dir)
+    result = StageResult()
     ids, toks, means = [], [], []
-    for k in range(n_chunks):
-        with np.load(_chunk_path(out_dir, k)) as z:
-            if len(z["clip_ids"]):
-                ids.extend(z["clip_ids"].tolist())
-                toks.append(z["tokens"])
-                means.append(z["mean"])
-            for line in z["skipped"].tolist():
-                clip, reason = line.split("\t", 1)
-                result.skip(clip, reason)
+    for z in parts:
+        if len(z["clip_ids"]):
+            ids.extend(z["clip_ids"].tolist())
+            toks.append(z["tokens"])
+            means.append(z["mean"])
+        for line in z["skipped"].tolist():
+            clip, reason = line.split("\t", 1)
+            result.skip(clip, reason)
     if not ids:
         storage.save_npz(out_dir / FEATURES_FILE, clip_ids=np.asarray([], dtype=str),
                          tokens=np.zeros((0, 1, 1), np.float16), mean=np.zeros((0, 1), np.float32))
@@ -138,7 +174,7 @@ def _merge_chunks(out_dir: Path, n_chunks: int, result: StageResult) -> StageRes
         storage.save_npz(out_dir / FEATURES_FILE, clip_ids=np.asarray(ids, dtype=str),
                          tokens=np.concatenate(toks), mean=np.concatenate(means))
     result.done = len(ids)
-    result.extra["chunks"] = n_chunks
+    result.extra["chunks"] = len(parts)
     return result
 
 

@@ -129,18 +129,15 @@ def extract_features_for_clips(
         done, skipped = load_checkpoint(checkpoint_path)
         log.info("motion: resuming from %s (%d clips done, %d skipped)", checkpoint_path, len(done), len(skipped))
     already = set(done) | {c for c, _ in skipped}
-    n_seen = 0
     since_ckpt = 0
     for clip_id, source in progress(items, desc="motion", total=total, unit="clip"):
-        n_seen += 1
         if clip_id in already:
             continue
-        try:
-            pairs = source() if callable(source) else source
-            done[clip_id] = extract_motion_features(pairs, backend=backend, max_side=max_side, device=device)
-        except skip_errors as err:
-            reason = f"{type(err).__name__}: {err}"
-            log.warning("motion: skipping clip %s: %s", clip_id, reason)
+        feats, reason = extract_one(clip_id, source, backend=backend, max_side=max_side, device=device,
+                                    skip_errors=skip_errors)
+        if reason is None:
+            done[clip_id] = feats
+        else:
             skipped.append((clip_id, reason))
         already.add(clip_id)
         since_ckpt += 1
@@ -161,24 +158,90 @@ def extract_features_for_clips(
     return MotionExtraction(features=done, skipped=skipped)
 
 
+def extract_one(
+    clip_id: str,
+    source: FrameSource,
+    backend: str = "farneback",
+    max_side: int | None = None,
+    device: str = "cuda",
+    skip_errors: tuple[type[BaseException], ...] | None = None,
+) -> tuple[np.ndarray | None, str | None]:
+    """One clip's (23,) features, or ``(None, reason)`` when it is bad input (``skip_errors``)."""
+    try:
+        pairs = source() if callable(source) else source
+        return extract_motion_features(pairs, backend=backend, max_side=max_side, device=device), None
+    except (skip_errors or default_skip_errors()) as err:
+        reason = f"{type(err).__name__}: {err}"
+        log.warning("motion: skipping clip %s: %s", clip_id, reason)
+        return None, reason
+
+
+# ------------------------------------------------------------------- clip-parallel (engine) form
+# The motion stage as the engine runs it (vjepa_adapt.engine): a worker turns chunks of clips into
+# parts (the same arrays as the checkpoint below), and merge_parts joins them in chunk order.
+
+
+def make_motion_worker(backend: str, max_side: int | None, device: str, num_pairs: int):
+    """``work(chunks) -> (chunk index, part)``; a part is clip_ids, features (N, 23), skipped ids/reasons."""
+    from vjepa_adapt.data.clips import open_clip
+
+    def work(chunks):
+        flat = ((chunk, c) for chunk in chunks for c in chunk.clips)
+        total = sum(len(chunk.clips) for chunk in chunks)
+        done: dict[str, np.ndarray] = {}
+        skipped: list[tuple[str, str]] = []
+        left = {chunk.index: len(chunk.clips) for chunk in chunks}
+        for chunk, c in progress(flat, desc="motion", total=total, unit="clip"):
+            src = lambda c=c: read_clip_pairs(open_clip(c), num_pairs=num_pairs, start=c.start, end=c.end)  # noqa: E731
+            feats, reason = extract_one(c.clip_id, src, backend=backend, max_side=max_side, device=device)
+            if reason is None:
+                done[c.clip_id] = feats
+            else:
+                skipped.append((c.clip_id, reason))
+            left[chunk.index] -= 1
+            if left[chunk.index] == 0:
+                yield chunk.index, checkpoint_arrays(done, skipped)
+                done, skipped = {}, []
+
+    return work
+
+
+def merge_parts(parts) -> MotionExtraction:
+    """Parts (in chunk order) -> every clip's features and the skipped clips, in clip order."""
+    feats: dict[str, np.ndarray] = {}
+    skipped: list[tuple[str, str]] = []
+    for part in parts:
+        f, s = _from_arrays(part)
+        feats.update(f)
+        skipped.extend(s)
+    return MotionExtraction(features=feats, skipped=skipped)
+
+
+def checkpoint_arrays(features: Mapping[str, np.ndarray], skipped: Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:
+    ids = list(features)
+    return {
+        "clip_ids": np.array(ids, dtype=str),
+        "features": _stack(features, ids),
+        "skipped_ids": np.array([c for c, _ in skipped], dtype=str),
+        "skipped_reasons": np.array([r for _, r in skipped], dtype=str),
+    }
+
+
+def _from_arrays(z: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
+    feats = {str(c): z["features"][i].astype(np.float32) for i, c in enumerate(z["clip_ids"])}
+    skipped = [(str(c), str(r)) for c, r in zip(z["skipped_ids"], z["skipped_reasons"])]
+    return feats, skipped
+
+
 def save_checkpoint(
     path: str | os.PathLike, features: Mapping[str, np.ndarray], skipped: Sequence[tuple[str, str]]
 ) -> None:
-    ids = list(features)
-    storage.save_npz(
-        path,
-        clip_ids=np.array(ids, dtype=str),
-        features=_stack(features, ids),
-        skipped_ids=np.array([c for c, _ in skipped], dtype=str),
-        skipped_reasons=np.array([r for _, r in skipped], dtype=str),
-    )
+    storage.save_npz(path, **checkpoint_arrays(features, skipped))
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
     with np.load(path, allow_pickle=False) as z:
-        feats = {str(c): z["features"][i].astype(np.float32) for i, c in enumerate(z["clip_ids"])}
-        skipped = [(str(c), str(r)) for c, r in zip(z["skipped_ids"], z["skipped_reasons"])]
-    return feats, skipped
+        return _from_arrays(z)
 
 
 def _stack(features: Mapping[str, np.ndarray], ids: Sequence[str]) -> np.ndarray:

@@ -40,6 +40,7 @@ class TrackParams:
 
     iou_threshold: float = 0.3
     max_gap: int = 2
+    min_tracklet_frames: int = 3
     agent_min_frames: int = 4
     agent_min_speed: float = 0.001  # x frame width, px per frame
     speed_window: int = 8
@@ -53,7 +54,7 @@ def disjoint(inst: Instances) -> tuple[np.ndarray, list[int]]:
     if not len(inst):
         return inst.masks, []
     lab = labels_from_instances(inst.masks, np.arange(1, len(inst) + 1), inst.scores)
-    kept = [i for i in range(len(inst)) if (lab == i + 1).any()]
+    kept = [int(v) - 1 for v in np.unique(lab) if v]
     return np.stack([lab == i + 1 for i in kept]) if kept else inst.masks[:0], kept
 
 
@@ -70,6 +71,10 @@ def segment_clip(clip_id: str, frames: np.ndarray, frame_indices: np.ndarray, se
     flows = cam.frame_flows(frames, params.flow_backend)  # (T, H, W, 2): predicts tracks, measures motion
     tracks = link_tracklets(list(dets), iou_threshold=params.iou_threshold, max_gap=params.max_gap,
                             camera_steps=steps, flows=flows)
+    # flicker (regions seen on fewer frames than min_tracklet_frames) is dropped; ids stay 1..K in order
+    tracks = [tr for tr in tracks if len(tr) >= params.min_tracklet_frames]
+    for k, tr in enumerate(tracks, start=1):
+        tr.id = k
     labels = np.zeros((n, h, w), np.uint16)
     for tr in tracks:
         for t, j in zip(tr.frames, tr.detections):

@@ -74,7 +74,9 @@ class Sam3VideoSegmenter:
 
     def open_session(self, frames: np.ndarray) -> Any:
         """A video inference session on the frames with every prompt added."""
-        from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenceSession
+        from transformers.models.sam3_video.modeling_sam3_video import (
+            Sam3VideoInferenceSession,
+        )
 
         h, w = frames.shape[1:3]
         pixels = preprocess_frames(frames, int(self.model.config.image_size))  # (T, 3, S, S)

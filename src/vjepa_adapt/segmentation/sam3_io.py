@@ -111,7 +111,7 @@ def postprocess_video_frame(
     get = output.get if isinstance(output, Mapping) else (lambda k, d=None: getattr(output, k, d))
     masks_by_id = get("obj_id_to_mask") or {}
     score_by_id = get("obj_id_to_score") or {}
-    hidden = set(int(i) for i in hidden_ids) | set(int(i) for i in (get("suppressed_obj_ids") or ()))
+    hidden = {int(i) for i in hidden_ids} | {int(i) for i in (get("suppressed_obj_ids") or ())}
     ids = [int(i) for i in sorted(masks_by_id) if int(i) not in hidden]
     frame_idx = int(get("frame_idx") or 0)
     if not ids:

@@ -7,14 +7,19 @@ clips into the four scores (pooled over clips, not averaged per clip):
   matched to the predicted instances (any role) greedily by IoU, highest first, one-to-one, IoU > 0.
   ``agent_recall_50`` (the share of ground-truth agent instances matched with IoU >= 0.5) is
   reported next to it, so a segmenter that finds only the easy agents cannot hide behind the mean.
-- ``tracklet_purity``: every frame of a tracklet is labelled with the ground-truth object that
-  covers most of its mask there (0 = background); a tracklet's purity is the share of its frames
-  whose label is its most frequent label. Pooled over frames of the tracklets that follow an object
-  (below; tracklets on background are trivially pure and left out).
-- ``agent_layout_accuracy``: a tracklet follows the object with most pixels in it over the clip if
-  that object has at least :data:`OWNER_MIN_SHARE` of them, else background; its true role is that
-  object's (background = layout); the share of tracklet frames whose predicted role (agent /
-  layout) is right.
+- ``tracklet_purity``: every frame of a tracklet is labelled with the object it follows there (the
+  object with most pixels in its mask, if it has at least :data:`OWNER_MIN_SHARE` of them, else 0 =
+  background); a tracklet's purity is the share of its frames whose label is its most frequent
+  label. Pooled over frames of the tracklets that follow an object over the clip (same rule on all
+  its pixels; tracklets on background are trivially pure and left out).
+- ``agent_layout_accuracy``: a tracklet is truly an agent when moving-agent pixels (of any agents)
+  make up at least :data:`OWNER_MIN_SHARE` of its pixels over the clip, else layout; the share of
+  tracklet frames whose predicted role (agent / layout) is right. The filter is judged on whether
+  the region it tracks moves by itself; whether one region holds one agent is ``mask_iou``'s and
+  ``tracklet_purity``'s business. ``agent_layout_accuracy_single`` is the stricter variant: the
+  true role is that of the single object with most pixels in the tracklet if it has at least
+  :data:`OWNER_MIN_SHARE` of them (else background), so a blob of three merged cars with a lot of
+  road in it counts as background.
 - ``interaction_recall``: the share of ground-truth interactions (agent pairs that come close) for
   which a predicted interaction joins the two tracklets whose objects are that pair, overlapping
   the true window in time. ``interaction_precision`` alongside.
@@ -36,7 +41,7 @@ from vjepa_adapt.segmentation.masks import ClipMasks
 # follows the person: its role is judged on what it follows, its looseness is mask_iou's business.
 OWNER_MIN_SHARE = 0.25
 COUNT_KEYS = ("iou_sum", "iou_n", "agent_instances", "agent_hits_50", "purity_hits", "purity_frames",
-              "role_correct", "role_frames", "inter_found", "inter_total", "pred_inter_ok", "pred_inter")
+              "role_correct", "role_correct_single", "role_frames", "inter_found", "inter_total", "pred_inter_ok", "pred_inter")
 
 
 def _truth_maps(masks: ClipMasks, truth: Any) -> np.ndarray:
@@ -109,15 +114,18 @@ def score_clip(masks: ClipMasks, truth: Any) -> dict[str, float]:
         if not sel.any():
             continue
         frames_seen = np.flatnonzero(sel.any(axis=(1, 2)))
-        per_frame = [int(np.bincount(maps[t][sel[t]], minlength=n_obj).argmax()) for t in frames_seen]
-        overall = _owner(np.bincount(maps[sel], minlength=n_obj))
+        per_frame = [_owner(np.bincount(maps[t][sel[t]], minlength=n_obj)) for t in frames_seen]
+        counts_px = np.bincount(maps[sel], minlength=n_obj)
+        overall = _owner(counts_px)
+        truly_agent = counts_px[is_agent].sum() >= OWNER_MIN_SHARE * counts_px.sum()
         owner[tid] = overall
         if overall:
             counts = np.bincount(per_frame, minlength=n_obj)
             c["purity_hits"] += counts.max()
             c["purity_frames"] += len(per_frame)
         predicted_agent = row.get("role") == AGENT
-        c["role_correct"] += len(per_frame) * float(predicted_agent == bool(is_agent[overall]))
+        c["role_correct"] += len(per_frame) * float(predicted_agent == bool(truly_agent))
+        c["role_correct_single"] += len(per_frame) * float(predicted_agent == bool(is_agent[overall]))
         c["role_frames"] += len(per_frame)
     # interactions
     fi = masks.frame_indices
@@ -146,6 +154,7 @@ def aggregate(counts: Sequence[dict[str, float]]) -> dict[str, float | int | Non
         "mask_iou": ratio("iou_sum", "iou_n"),
         "tracklet_purity": ratio("purity_hits", "purity_frames"),
         "agent_layout_accuracy": ratio("role_correct", "role_frames"),
+        "agent_layout_accuracy_single": ratio("role_correct_single", "role_frames"),
         "interaction_recall": ratio("inter_found", "inter_total"),
         "agent_recall_50": ratio("agent_hits_50", "agent_instances"),
         "interaction_precision": ratio("pred_inter_ok", "pred_inter"),

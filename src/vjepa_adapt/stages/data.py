@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -134,51 +135,83 @@ def check_motion_backend(cfg: PipelineConfig) -> None:
 
 
 def run_tag(ctx: StageContext) -> StageResult:
-    from vjepa_adapt.data.clips import open_clip
-    from vjepa_adapt.data.video import VideoError, read_frames
-    from vjepa_adapt.tagging import build_backend, load_taxonomy, tag_clips
+    import functools
+
+    from vjepa_adapt.engine import ClipJob, run_configured
+    from vjepa_adapt.tagging import load_taxonomy
+    from vjepa_adapt.tagging.stage import TAGS_FILE, expected_fields, finish_tags, merge_tag_parts
 
     t = ctx.cfg.tag
+    clips, _ = load_run_clips(ctx.run_dir)
+    job = ClipJob("tag", clips, ctx.cfg.run.chunk_size, ctx.out_dir / "parts",
+                  functools.partial(make_tag_worker, ctx.cfg), uses_model=True, uses_device=t.backend == "hf")
+    parts = run_configured(job, ctx.cfg.run)
+    if parts is None:  # another rank of a torchrun job: rank 0 merges and writes
+        return StageResult()
+    rows, skipped = merge_tag_parts(parts)
     taxonomy = load_taxonomy(t.taxonomy)
+    backend_name, expected = _tag_backend_fields(ctx.cfg, taxonomy)
+    result = finish_tags(rows, skipped, ctx.out_dir / TAGS_FILE, backend_name, taxonomy, expected,
+                         max_default_fraction=t.max_default_fraction, max_bad_fraction=ctx.cfg.data.max_bad_fraction,
+                         before_checks=lambda: shutil.rmtree(job.parts_dir, ignore_errors=True))
+    return result
+
+
+def _build_tag_backend(cfg: PipelineConfig, taxonomy: Any) -> Any:
+    from vjepa_adapt.tagging import build_backend
+
+    t = cfg.tag
     kwargs: dict[str, Any] = {}
     if t.backend == "hf":
         kwargs.update(model_id_or_path=t.model, max_new_tokens=t.max_new_tokens, num_frames_for_vlm=t.num_frames,
-                      device=resolve_device(ctx.cfg))
+                      device=resolve_device(cfg))
     elif t.backend == "openai":
         kwargs.update(base_url=t.base_url, model=t.model or "default", api_key=os.environ.get(t.api_key_env),
                       timeout_s=t.timeout_s, max_new_tokens=t.max_new_tokens, num_frames_for_vlm=t.num_frames)
-    backend = build_backend(t.backend, taxonomy=taxonomy, **kwargs)
-    clips, _ = load_run_clips(ctx.run_dir)
+    return build_backend(t.backend, taxonomy=taxonomy, **kwargs)
+
+
+def _tag_backend_fields(cfg: PipelineConfig, taxonomy: Any) -> tuple[str, tuple[str, ...]]:
+    """The backend's name and answered fields, without loading a model (the merge runs where none is)."""
+    from vjepa_adapt.tagging.heuristic import HeuristicBackend
+
+    measured = HeuristicBackend.measured_fields if cfg.tag.backend == HeuristicBackend.name else None
+    return cfg.tag.backend, tuple(n for n in taxonomy.names if measured is None or n in measured)
+
+
+def make_tag_worker(cfg: PipelineConfig):
+    """The tag stage's per-chunk work (vjepa_adapt.engine): the backend (a VLM: loaded here, once per
+    process or Ray actor) on each clip's frames."""
+    from vjepa_adapt.data.clips import open_clip
+    from vjepa_adapt.data.video import read_frames
+    from vjepa_adapt.tagging import load_taxonomy
+    from vjepa_adapt.tagging.stage import make_tag_work
+
+    t = cfg.tag
+    taxonomy = load_taxonomy(t.taxonomy)
+    backend = _build_tag_backend(cfg, taxonomy)
     # The heuristic measures motion from consecutive frames: read a short run at the clip's own fps.
     n = 8 if t.backend == "heuristic" else max(t.num_frames, 8)
-
-    def items():
-        for c in clips:
-            try:
-                yield c.clip_id, read_frames(open_clip(c), num_frames=n, start=c.start, end=c.end)
-            except VideoError as e:
-                yield c.clip_id, e
-
-    return tag_clips(items(), backend, taxonomy, ctx.out_dir / "tags.jsonl", total=len(clips),
-                     max_default_fraction=t.max_default_fraction, max_bad_fraction=ctx.cfg.data.max_bad_fraction)
+    return make_tag_work(backend, taxonomy, lambda c: read_frames(open_clip(c), num_frames=n, start=c.start, end=c.end))
 
 
 def run_motion(ctx: StageContext) -> StageResult:
-    from vjepa_adapt.data.clips import open_clip
-    from vjepa_adapt.motion import (
-        build_labels,
-        extract_features_for_clips,
-        read_clip_pairs,
-        write_motion_outputs,
-    )
+    import functools
+
+    from vjepa_adapt.engine import ClipJob, run_configured
+    from vjepa_adapt.motion import build_labels, write_motion_outputs
+    from vjepa_adapt.motion.stage import make_motion_worker, merge_parts
 
     m = ctx.cfg.motion
     clips, splits = load_run_clips(ctx.run_dir)
     device = resolve_device(ctx.cfg) if m.backend.startswith("raft") else "cpu"  # OpenCV flow: CPU only
-    items = ((c.clip_id, (lambda c=c: read_clip_pairs(open_clip(c), num_pairs=m.num_pairs, start=c.start,
-                                                       end=c.end))) for c in clips)
-    ext = extract_features_for_clips(items, backend=m.backend, max_side=m.max_side, device=device, total=len(clips),
-                                     checkpoint_path=ctx.out_dir / "partial.npz")
+    job = ClipJob("motion", clips, ctx.cfg.run.chunk_size, ctx.out_dir / "parts",
+                  functools.partial(make_motion_worker, m.backend, m.max_side, device, m.num_pairs),
+                  uses_model=m.backend.startswith("raft"), uses_device=m.backend.startswith("raft"))
+    parts = run_configured(job, ctx.cfg.run)
+    if parts is None:  # another rank of a torchrun job: rank 0 merges and writes
+        return StageResult()
+    ext = merge_parts(parts)
     result = StageResult(done=len(ext.features))
     for cid, reason in ext.skipped:
         result.skip(cid, reason)
@@ -188,7 +221,7 @@ def run_motion(ctx: StageContext) -> StageResult:
                              min_count_per_split=m.min_count_per_split, magnitude=m.magnitude)
     write_motion_outputs(ctx.out_dir, ext.features, label_set, kept_splits, skipped=ext.skipped, backend=m.backend,
                          max_side=m.max_side)
-    (ctx.out_dir / "partial.npz").unlink(missing_ok=True)
+    shutil.rmtree(job.parts_dir, ignore_errors=True)  # the outputs hold everything the parts did
     agreement = _truth_agreement(clips, label_set.all_labels)
     result.extra.update({"classes": label_set.classes, "kept": len(label_set.labels), "dropped": label_set.dropped,
                          "cuts": list(label_set.cuts), "max_side": m.max_side,

@@ -23,32 +23,49 @@ log = get_logger("stages")
 
 
 def _embed(ctx: StageContext, arm: str) -> StageResult:
-    from vjepa_adapt.evaluate.embed import embed_clips
-    from vjepa_adapt.models.vjepa import load_model
+    import functools
+
+    from vjepa_adapt.engine import run_configured
+    from vjepa_adapt.evaluate.embed import embed_job, merge_chunks
 
     cfg = ctx.cfg
     clips, _ = load_run_clips(ctx.run_dir)
+    arm_dir = ctx.path_of(arm) if arm in ctx.folders else None
+    job = embed_job(clips, ctx.out_dir, cfg.embed.chunk_size,
+                    functools.partial(make_embed_worker, cfg, ctx.run_dir, arm, arm_dir))
+    parts = run_configured(job, cfg.run)
+    if parts is None:  # another rank of a torchrun job: rank 0 merges and writes
+        return StageResult()
+    result = merge_chunks(ctx.out_dir, parts)
+    check_bad_share(result, cfg.data.max_bad_fraction, f"embed/{arm}")
+    return result
+
+
+def make_embed_worker(cfg: PipelineConfig, run_dir: Path, arm: str, arm_dir: Path | None):
+    """The embed stage's per-chunk work (vjepa_adapt.engine) for one arm: its encoder, loaded here —
+    once per process, rank or Ray actor."""
+    from vjepa_adapt.evaluate.embed import make_embed_work
+    from vjepa_adapt.models.vjepa import load_model
+
     shuffle_seed, extra = None, None
     if arm == RANDOM_INIT:
         model = build_random(cfg)
     elif arm in (FROZEN, FRAME_SHUFFLED):
-        model = load_frozen(cfg, ctx.run_dir)
+        model = load_frozen(cfg, run_dir)
         shuffle_seed = cfg.run.seed if arm == FRAME_SHUFFLED else None
     elif arm == PRETRAIN_HEAD:
-        model = load_frozen(cfg, ctx.run_dir)
-        extra = _head_features(ctx.path_of(PRETRAIN_HEAD) / "best" / "head.safetensors", model, cfg)
+        model = load_frozen(cfg, run_dir)
+        extra = _head_features(arm_dir / "best" / "head.safetensors", model, cfg)
     else:
-        model, _ = load_model(str(ctx.path_of(arm) / "best" / "encoder"), crop_size=cfg.data.size,
+        model, _ = load_model(str(arm_dir / "best" / "encoder"), crop_size=cfg.data.size,
                               frames_per_clip=cfg.data.num_frames, min_loaded_fraction=cfg.model.min_loaded_fraction,
                               attn_implementation=cfg.model.attn_implementation)
         model = _perf(model, cfg)
     e = cfg.embed
-    result = embed_clips(model.encoder, clips, ctx.out_dir, num_frames=cfg.data.num_frames, size=cfg.data.size,
-                         batch_size=e.batch_size, chunk_size=e.chunk_size, pooled_grid=tuple(e.pooled_grid),
-                         device=resolve_device(cfg), dtype=cfg.run.dtype, num_workers=cfg.run.num_workers,
-                         frame_shuffle_seed=shuffle_seed, extra_features=extra)
-    check_bad_share(result, cfg.data.max_bad_fraction, f"embed/{arm}")
-    return result
+    return make_embed_work(model.encoder, num_frames=cfg.data.num_frames, size=cfg.data.size,
+                           batch_size=e.batch_size, pooled_grid=tuple(e.pooled_grid), device=resolve_device(cfg),
+                           dtype=cfg.run.dtype, num_workers=cfg.run.num_workers, frame_shuffle_seed=shuffle_seed,
+                           extra_features=extra)
 
 
 def _head_features(path: Path, model, cfg: PipelineConfig):

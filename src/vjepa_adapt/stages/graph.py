@@ -51,9 +51,9 @@ def build_graph(cfg: PipelineConfig) -> StageGraph:
                          "data.split_guard_seconds"],
                   inputs=clips_fingerprint),
         StageSpec("tag", run_tag, needs=["clips"], reads=["tag", "data.max_bad_fraction"],
-                  requires=(check_tag_backend,)),
+                  requires=(check_tag_backend,), clip_parallel=True),
         StageSpec("motion", run_motion, needs=["clips"], reads=["motion", "data.max_bad_fraction"],
-                  requires=(check_motion_backend,)),
+                  requires=(check_motion_backend,), clip_parallel=True),
     ]
     if has_base:
         # run_base trains on cfg.data (crop/flip augmentation) and splits the source world with split_seed
@@ -73,7 +73,8 @@ def build_graph(cfg: PipelineConfig) -> StageGraph:
         trained = [] if arm in UNTRAINED else [arm]
         specs.append(StageSpec(f"embed/{arm}", lambda ctx, arm=arm: _embed(ctx, arm),
                                needs=["clips", *base_needs, *trained], reads=["embed", *model_keys, *data_keys],
-                               requires=frozen_encoder if arm in (FROZEN, FRAME_SHUFFLED, PRETRAIN_HEAD) else device))
+                               requires=frozen_encoder if arm in (FROZEN, FRAME_SHUFFLED, PRETRAIN_HEAD) else device,
+                               clip_parallel=True))
         specs.append(StageSpec(f"probe/{arm}", lambda ctx, arm=arm: _probe(ctx, arm),
                                needs=[f"embed/{arm}", "motion", "clips"], reads=["probe"], requires=device))
     probes = [f"probe/{a}" for a in arms]

@@ -67,14 +67,15 @@ def build_segmenter(cfg: PipelineConfig) -> Any:
     from vjepa_adapt.segmentation.classical import ClassicalParams, ClassicalSegmenter
 
     return ClassicalSegmenter(ClassicalParams(min_area=s.min_area, diff_threshold=s.diff_threshold,
-                                              flow_backend=s.flow_backend))
+                                              min_motion=s.min_motion, flow_backend=s.flow_backend))
 
 
 def track_params(cfg: PipelineConfig) -> Any:
     from vjepa_adapt.segmentation.clip import TrackParams
 
     s = cfg.segment
-    return TrackParams(iou_threshold=s.iou_threshold, max_gap=s.max_gap, agent_min_frames=s.agent_min_frames,
+    return TrackParams(iou_threshold=s.iou_threshold, max_gap=s.max_gap, min_tracklet_frames=s.min_tracklet_frames,
+                       agent_min_frames=s.agent_min_frames,
                        agent_min_speed=s.agent_min_speed, speed_window=s.speed_window,
                        interaction_distance=s.interaction_distance, interaction_min_frames=s.interaction_min_frames,
                        flow_backend=s.flow_backend)
@@ -89,7 +90,11 @@ def sampling(cfg: PipelineConfig) -> Any:
 def run_segment(ctx: StageContext) -> StageResult:
     from vjepa_adapt.data.clips import open_clip
     from vjepa_adapt.data.synthetic import load_truth
-    from vjepa_adapt.segmentation.stage import SegmentItem, read_clip_frames, run_segment_stage
+    from vjepa_adapt.segmentation.stage import (
+        SegmentItem,
+        read_clip_frames,
+        run_segment_stage,
+    )
 
     cfg = ctx.cfg
     clips, _ = load_run_clips(ctx.run_dir)
@@ -110,7 +115,12 @@ def run_segment(ctx: StageContext) -> StageResult:
 
 def run_factorize(ctx: StageContext) -> StageResult:
     from vjepa_adapt.data.clips import open_clip
-    from vjepa_adapt.factors import FactorItem, FactorParams, MotionSettings, run_factorize_stage
+    from vjepa_adapt.factors import (
+        FactorItem,
+        FactorParams,
+        MotionSettings,
+        run_factorize_stage,
+    )
     from vjepa_adapt.segmentation.masks import load_clip_masks
     from vjepa_adapt.segmentation.stage import masks_path, read_clip_frames
 

@@ -20,13 +20,14 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from vjepa_adapt.errors import BadInputError
 from vjepa_adapt.progress import get_logger, progress
 from vjepa_adapt.stage_result import StageResult, check_bad_share
-from vjepa_adapt.storage import append_jsonl, read_jsonl, write_jsonl
+from vjepa_adapt.storage import _json_default, append_jsonl, read_jsonl, write_jsonl
 from vjepa_adapt.tagging.backends import TagBackend
 from vjepa_adapt.tagging.frames import TagFailure
 from vjepa_adapt.tagging.parse import parse_tags
@@ -58,13 +59,12 @@ def tag_clips(
     """
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
-    measured = backend.measured_fields
-    expected = tuple(n for n in taxonomy.names if measured is None or n in measured)  # taxonomy order
+    expected = expected_fields(backend, taxonomy)
     previous = _read_partial(partial, backend.name, taxonomy.names) if resume else {}
     if not resume:
         partial.unlink(missing_ok=True)
-    result = StageResult()
     rows: list[dict] = []
+    skipped: list[tuple[str, str]] = []
     seen: set[str] = set()
 
     for clip_id, frames in progress(items, desc="tag", total=total, unit="clip"):
@@ -73,25 +73,67 @@ def tag_clips(
         seen.add(clip_id)
         if clip_id in previous:
             rows.append(previous[clip_id])
-            result.done += 1
             continue
-        if isinstance(frames, Exception):
-            result.skip(clip_id, f"unreadable: {frames}")
-            log.warning("tag: skipped %s (unreadable: %s)", clip_id, frames)
+        row, reason = tag_one(clip_id, frames, backend, taxonomy, expected, raw_max_chars)
+        if row is None:
+            skipped.append((clip_id, reason))
             continue
-        try:
-            reply = backend.tag(clip_id, frames() if callable(frames) else frames)
-        except TagFailure as err:
-            result.skip(clip_id, str(err))
-            log.warning("tag: skipped %s (%s)", clip_id, err)
-            continue
-        row = build_row(clip_id, reply, backend.name, taxonomy, expected, raw_max_chars)
         append_jsonl(partial, row)
         rows.append(row)
-        result.done += 1
 
+    result = finish_tags(rows, skipped, out_path, backend.name, taxonomy, expected,
+                         reused=sum(r["clip_id"] in previous for r in rows),
+                         max_default_fraction=max_default_fraction, max_bad_fraction=max_bad_fraction,
+                         before_checks=lambda: partial.unlink(missing_ok=True))
+    return result
+
+
+def expected_fields(backend: TagBackend, taxonomy: Taxonomy) -> tuple[str, ...]:
+    """The taxonomy fields the backend answers, in taxonomy order (the heuristic measures only some)."""
+    measured = backend.measured_fields
+    return tuple(n for n in taxonomy.names if measured is None or n in measured)
+
+
+def tag_one(
+    clip_id: str,
+    frames: np.ndarray | Callable[[], np.ndarray] | Exception,
+    backend: TagBackend,
+    taxonomy: Taxonomy,
+    expected: tuple[str, ...],
+    raw_max_chars: int = 2000,
+) -> tuple[dict | None, str | None]:
+    """One clip's ``tags.jsonl`` row, or ``(None, reason)`` when it cannot be read or tagged."""
+    if isinstance(frames, Exception):
+        log.warning("tag: skipped %s (unreadable: %s)", clip_id, frames)
+        return None, f"unreadable: {frames}"
+    try:
+        reply = backend.tag(clip_id, frames() if callable(frames) else frames)
+    except TagFailure as err:
+        log.warning("tag: skipped %s (%s)", clip_id, err)
+        return None, str(err)
+    return build_row(clip_id, reply, backend.name, taxonomy, expected, raw_max_chars), None
+
+
+def finish_tags(
+    rows: list[dict],
+    skipped: list[tuple[str, str]],
+    out_path: str | os.PathLike,
+    backend_name: str,
+    taxonomy: Taxonomy,
+    expected: tuple[str, ...],
+    reused: int = 0,
+    max_default_fraction: float = 0.5,
+    max_bad_fraction: float = 0.5,
+    before_checks: Callable[[], None] | None = None,
+) -> StageResult:
+    """Write ``tags.jsonl`` (rows in clip order), count repairs and defaults, then run the checks."""
+    out_path = Path(out_path)
+    result = StageResult(done=len(rows))
+    for clip_id, reason in skipped:
+        result.skip(clip_id, reason)
     write_jsonl(out_path, rows)
-    partial.unlink(missing_ok=True)
+    if before_checks is not None:
+        before_checks()
     n_defaulted = sum(len(r["defaulted"]) for r in rows)
     per_field = Counter(f for r in rows for f in r["defaulted"])
     n_json_errors = sum("json_error" in r for r in rows)
@@ -100,10 +142,10 @@ def tag_clips(
     result.extra.update(
         {
             "tags_path": str(out_path),
-            "backend": backend.name,
+            "backend": backend_name,
             "taxonomy": taxonomy.source,
             "fields_answered": list(expected),
-            "reused_clips": sum(r["clip_id"] in previous for r in rows),
+            "reused_clips": reused,
             "repaired_clips": sum(bool(r["repaired"]) for r in rows),
             "defaulted_clips": sum(bool(r["defaulted"]) for r in rows),
             "defaulted_fields": n_defaulted,
@@ -128,6 +170,58 @@ def tag_clips(
             f"Check the model/prompt — raw replies are in {out_path}"
         )
     return result
+
+
+# ------------------------------------------------------------------- clip-parallel (engine) form
+
+
+def make_tag_work(backend: TagBackend, taxonomy: Taxonomy, read: Callable[[Any], np.ndarray],
+                  raw_max_chars: int = 2000):
+    """``work(chunks) -> (chunk index, part)`` for :mod:`vjepa_adapt.engine`; ``read(clip)`` decodes a clip
+    (its VideoError becomes the clip's 'unreadable' reason). A part: rows (JSON lines), skipped ids/reasons."""
+    from vjepa_adapt.data.video import VideoError
+
+    expected = expected_fields(backend, taxonomy)
+
+    def work(chunks):
+        flat = ((chunk, c) for chunk in chunks for c in chunk.clips)
+        left = {chunk.index: len(chunk.clips) for chunk in chunks}
+        rows: list[dict] = []
+        skipped: list[tuple[str, str]] = []
+        for chunk, c in progress(flat, desc="tag", total=sum(left.values()), unit="clip"):
+            try:
+                frames: Any = read(c)
+            except VideoError as e:
+                frames = e
+            row, reason = tag_one(c.clip_id, frames, backend, taxonomy, expected, raw_max_chars)
+            if row is None:
+                skipped.append((c.clip_id, reason))
+            else:
+                rows.append(row)
+            left[chunk.index] -= 1
+            if left[chunk.index] == 0:
+                yield chunk.index, {
+                    "rows": np.asarray([json.dumps(r, default=_json_default) for r in rows], dtype=str),
+                    "skipped_ids": np.asarray([i for i, _ in skipped], dtype=str),
+                    "skipped_reasons": np.asarray([r for _, r in skipped], dtype=str),
+                }
+                rows, skipped = [], []
+
+    return work
+
+
+def merge_tag_parts(parts) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Parts in chunk order -> rows and skipped clips in clip order (a clip id twice is an error)."""
+    rows: list[dict] = []
+    skipped: list[tuple[str, str]] = []
+    for part in parts:
+        rows.extend(json.loads(str(line)) for line in part["rows"])
+        skipped.extend((str(c), str(r)) for c, r in zip(part["skipped_ids"], part["skipped_reasons"]))
+    counts = Counter([r["clip_id"] for r in rows] + [c for c, _ in skipped])
+    twice = [c for c, n in counts.items() if n > 1]
+    if twice:
+        raise BadInputError(f"tag: clip id {twice[0]!r} appears twice in the input")
+    return rows, skipped
 
 
 def build_row(
