@@ -132,18 +132,22 @@ def embed_vs_bare(t: Table, root: Path, quick: bool) -> None:
     t.add("embed", "embed_clips end to end 64px (0 workers)", embed, "clips/s", embed / bare, "bare forward")
 
 
-def _write_model(root: Path) -> Path:
+def _write_model(root: Path, full: bool = False) -> Path:
+    """A random-weight tiny V-JEPA 2 folder: the 2-layer 32-wide test model, or the demo's tiny preset
+    (6 layers, 192 wide) at 64 px / 16 frames (``full``)."""
     from vjepa_adapt.models.vjepa import build_model
 
-    folder = root / "tiny_model"
+    folder = root / ("tiny_preset" if full else "tiny_model")
     if not folder.exists():
         torch.manual_seed(0)
-        build_model("tiny", crop_size=32, frames_per_clip=8, patch_size=16, **TINY).save_pretrained(folder)
+        model = (build_model("tiny", crop_size=64, frames_per_clip=16, patch_size=16) if full else
+                 build_model("tiny", crop_size=32, frames_per_clip=8, patch_size=16, **TINY))
+        model.save_pretrained(folder)
     return folder
 
 
 def _world(root: Path, n: int) -> Path:
-    from vjepa_adapt.data.synthetic import generate_world
+    from vjepa_adapt.world import generate_world
 
     folder = root / f"world{n}"
     if not folder.exists():
@@ -152,13 +156,15 @@ def _world(root: Path, n: int) -> Path:
     return folder / "manifest.jsonl"
 
 
-def _cfg(manifest: Path, model: Path, out: Path, *extra: str):
+def _cfg(manifest: Path, model: Path, out: Path, *extra: str, full: bool = False):
     from vjepa_adapt.config import load_config
 
+    size = ["data.num_frames=16", "data.size=64"] if full else ["data.num_frames=8", "data.size=32",
+                                                                 "embed.pooled_grid=[1,2,2]"]
     return load_config(None, [f"data.clips={manifest}", f"model.weights={model}", f"run.out={out}", "run.device=cpu",
-                              "data.num_frames=8", "data.size=32", "model.patch_size=16", "embed.baselines=[]",
+                              *size, "model.patch_size=16", "embed.baselines=[]",
                               "motion.num_classes=4", "motion.min_count_per_split=1", "embed.chunk_size=8",
-                              "embed.batch_size=8", "embed.pooled_grid=[1,2,2]", "run.chunk_size=8", *extra])
+                              "embed.batch_size=8", "run.chunk_size=8", *extra])
 
 
 def _stage_rate(run: Path, stage: str) -> float:
@@ -179,7 +185,7 @@ def _run(cfg, command: str) -> None:
 def stages_and_engines(t: Table, root: Path, quick: bool) -> None:
     import shutil
 
-    manifest, model = _world(root, 32 if quick else 64), _write_model(root)
+    manifest, model = _world(root, 32 if quick else 128), _write_model(root)
     local = root / "run_local"
     _run(_cfg(manifest, model, local, "run.threads=1"), "motion")
     motion_local = _stage_rate(local, "motion")
@@ -218,7 +224,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, manifest: str, model: str, out: str) -> None:
+def _rank_main(rank: int, world: int, port: int, manifest: str, model: str, out: str) -> None:  # one rank
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), VJEPA_ADAPT_QUIET="1")
     torch.set_num_threads(1)
@@ -227,7 +233,7 @@ def _rank_main(rank: int, world: int, port: int, manifest: str, model: str, out:
 
     dist.init("cpu")
     try:
-        _run(_cfg(Path(manifest), Path(model), Path(out), "run.threads=1"), "embed")
+        _run(_cfg(Path(manifest), Path(model), Path(out), "run.threads=1", full=True), "embed")
     finally:
         dist.shutdown()
 
@@ -235,15 +241,15 @@ def _rank_main(rank: int, world: int, port: int, manifest: str, model: str, out:
 def ranks(t: Table, root: Path, quick: bool) -> None:
     import torch.multiprocessing as mp
 
-    manifest, model = _world(root, 32 if quick else 64), _write_model(root)
+    manifest, model = _world(root, 32 if quick else 128), _write_model(root, full=True)
     one = root / "run_rank1"
-    _run(_cfg(manifest, model, one, "run.threads=1"), "embed")
+    _run(_cfg(manifest, model, one, "run.threads=1", full=True), "embed")
     r1 = _stage_rate(one, "embed/frozen")
     two = root / "run_rank2"
     mp.spawn(_rank_main, args=(2, _free_port(), str(manifest), str(model), str(two)), nprocs=2, join=True)
     r2 = _stage_rate(two, "embed/frozen")
-    t.add("ranks", "embed, 1 rank x 1 thread", r1, "clips/s")
-    t.add("ranks", "embed, 2 gloo ranks x 1 thread (sharded)", r2, "clips/s", r2 / r1, "1 rank")
+    t.add("ranks", "embed tiny preset 64px, 1 rank x 1 thread", r1, "clips/s")
+    t.add("ranks", "embed tiny preset 64px, 2 gloo ranks x 1 thread", r2, "clips/s", r2 / r1, "1 rank")
     same = _npz_members(one / "embed/frozen/features.npz") == _npz_members(two / "embed/frozen/features.npz")
     t.add("ranks", "2-rank features.npz arrays == 1-rank", float(same), "bool")
 

@@ -30,7 +30,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from vjepa_adapt.data.clips import Clip, load_clips
-from vjepa_adapt.data.synthetic import generate_world
+from vjepa_adapt.world import generate_world
 from vjepa_adapt.evaluate.embed import embed_clips
 from vjepa_adapt.models.vjepa import autocast_context, build_model, encode_full
 from vjepa_adapt.data.loader import ClipDataset

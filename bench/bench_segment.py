@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 
 from vjepa_adapt import storage
-from vjepa_adapt.data.synthetic import generate_world
+from vjepa_adapt.world import generate_world
 from vjepa_adapt.factors import (
     FactorParams,
     build_factor_frames,

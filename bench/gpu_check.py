@@ -181,7 +181,7 @@ def mask_counts(masking_cfg, grid, batch: int, draws: int = 8) -> list[tuple[flo
 def make_clips(root: Path, n: int, cpu: bool):
     """Synthetic street clips (the decode path is real; content does not matter for speed)."""
     from vjepa_adapt.data.clips import Clip, load_clips
-    from vjepa_adapt.data.synthetic import generate_world
+    from vjepa_adapt.world import generate_world
 
     w, h, frames = (64, 48, 20) if cpu else (128, 96, 32)
     workers = 1 if cpu else max(1, min(8, (os.cpu_count() or 2) - 1))

@@ -21,7 +21,7 @@ import av
 import cv2
 import numpy as np
 
-from vjepa_adapt.data.synthetic import MOTION_TIERS, generate_world, load_truth
+from vjepa_adapt.world import MOTION_TIERS, generate_world, load_truth
 
 try:  # cross-check with the pipeline's own motion code when it is installed
     from vjepa_adapt.motion.classes import classify_features, fit_magnitude_cuts

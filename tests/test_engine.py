@@ -26,7 +26,7 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, pred_hid
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """16 synthetic clips + one unreadable clip (a manifest), and a tiny random V-JEPA 2 folder."""
-    from vjepa_adapt.data.synthetic import generate_world
+    from vjepa_adapt.world import generate_world
     from vjepa_adapt.models.vjepa import build_model
 
     root = tmp_path_factory.mktemp("world")

@@ -169,7 +169,7 @@ def test_streamed_factor_clip_equals_the_built_one_and_has_its_own_motion():
 @pytest.fixture(scope="module")
 def segmented_run(tmp_path_factory):
     from vjepa_adapt.cli import main
-    from vjepa_adapt.data.synthetic import generate_world
+    from vjepa_adapt.world import generate_world
 
     root = tmp_path_factory.mktemp("factors")
     generate_world(root / "world", num_clips=10, style="target", seed=5, width=128, height=96, num_frames=32,

@@ -460,7 +460,7 @@ def _world_agreement(out_dir, num_clips: int, split_of, backend: str = "farnebac
     """Generate target clips, label them from optical flow, compare with the generator's class."""
     import collections
 
-    synthetic = pytest.importorskip("vjepa_adapt.data.synthetic")
+    synthetic = pytest.importorskip("vjepa_adapt.world")
     rows = synthetic.generate_world(out_dir, num_clips=num_clips, style="target", seed=0, contact_sheet=False)
     items = [(r["clip_id"], (lambda p=out_dir / r["path"]: read_clip_pairs(p))) for r in rows]
     res = extract_features_for_clips(items, backend=backend)

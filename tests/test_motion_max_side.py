@@ -38,7 +38,7 @@ def test_max_side_used_is_recorded_in_classes_json(tmp_path, make_video, overrid
 
 
 def test_default_max_side_leaves_the_synthetic_world_unchanged(tmp_path):
-    synthetic = pytest.importorskip("vjepa_adapt.data.synthetic")
+    synthetic = pytest.importorskip("vjepa_adapt.world")
     rows = synthetic.generate_world(tmp_path, num_clips=4, style="target", seed=0, contact_sheet=False)  # 128x96
     default = MotionConfig().max_side
     for r in rows:

@@ -537,7 +537,7 @@ def test_truth_scores_hand_computed():
 
 @pytest.fixture(scope="module")
 def target_world(tmp_path_factory):
-    from vjepa_adapt.data.synthetic import generate_world
+    from vjepa_adapt.world import generate_world
 
     out = tmp_path_factory.mktemp("world")
     generate_world(out, num_clips=12, style="target", seed=11, width=128, height=96, num_frames=32, clips_per_video=2)
@@ -584,7 +584,7 @@ def test_segment_stage_on_the_synthetic_world_prints_truth_scores(target_world, 
 @pytest.mark.slow
 def test_truth_targets_on_a_larger_target_world(tmp_path, capsys):
     """The four scores on 40 target clips, against the issue's targets (IoU 0.5, purity 0.9, agent/layout 0.9)."""
-    from vjepa_adapt.data.synthetic import generate_world
+    from vjepa_adapt.world import generate_world
 
     world = tmp_path / "world"
     generate_world(world, num_clips=40, style="target", seed=11, width=128, height=96, num_frames=32, clips_per_video=2)

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vjepa_adapt.data import synthetic as S
+from vjepa_adapt import world as S
 from vjepa_adapt.data.contact_sheet import SheetRow, overlay_instances, render_contact_sheet, write_contact_sheet
 from vjepa_adapt.data.encode import encode_video, write_video
 from vjepa_adapt.storage import read_jsonl

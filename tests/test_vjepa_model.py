@@ -458,3 +458,43 @@ def test_compile_blocks_keeps_outputs_and_parameter_names():
     assert list(model.state_dict()) == names  # checkpoints unchanged by compiling
     with torch.no_grad():
         torch.testing.assert_close(encode_full(model.encoder, video), ref, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ input transform
+
+
+def test_frame_difference_by_hand():
+    # one pixel, one channel: frames 1, 3, 6, 10 -> differences 2, 3, 4, the first repeated, x2
+    video = torch.tensor([1.0, 3.0, 6.0, 10.0]).view(1, 4, 1, 1, 1)
+    out = vjepa.frame_difference(video)
+    assert out.flatten().tolist() == [4.0, 4.0, 6.0, 8.0]
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        vjepa.frame_difference(video[:, :1])
+
+
+def test_a_frame_diff_model_sees_only_change_and_an_rgb_model_sees_the_frames():
+    diff_model, rgb_model = _tiny(input_transform="frame_diff"), _tiny()
+    static_a = torch.full((1, FRAMES, 3, CROP, CROP), 0.3)
+    static_b = torch.full((1, FRAMES, 3, CROP, CROP), -1.2)
+    with torch.no_grad():
+        # two different still videos are the same input to a difference model (no change) ...
+        assert torch.equal(encode_full(diff_model.encoder, static_a), encode_full(diff_model.encoder, static_b))
+        # ... and different inputs to an RGB model
+        assert not torch.allclose(encode_full(rgb_model.encoder, static_a), encode_full(rgb_model.encoder, static_b))
+        # the student path applies the same transform: all-token context == full forward
+        v = _video(1)
+        n = _num_tokens(diff_model)
+        ids = torch.arange(n).unsqueeze(0)
+        torch.testing.assert_close(encode_context(diff_model.encoder, v, ids), encode_full(diff_model.encoder, v))
+
+
+def test_the_input_transform_travels_with_exported_weights(tmp_path):
+    model = _tiny(input_transform="frame_diff")
+    export_encoder(model, tmp_path / "enc")
+    loaded, _ = load_model(tmp_path / "enc", crop_size=CROP, frames_per_clip=FRAMES)
+    assert vjepa.input_transform(loaded.config) == "frame_diff"
+    v = _video(1)
+    with torch.no_grad():
+        torch.testing.assert_close(encode_full(loaded.encoder, v), encode_full(model.encoder, v))
+    with pytest.raises(ValueError, match="input_transform"):
+        build_config("tiny", input_transform="optical_flow")

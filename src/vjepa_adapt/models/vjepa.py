@@ -44,6 +44,16 @@ log = get_logger("models.vjepa")
 # ``save_pretrained`` records it in config.json; weights without the record are official ones (0).
 DEFAULT_PREDICTOR_MASK_INDEX = 0
 
+# What the encoder is fed. "rgb" (normalised frames) is what Meta's weights and every real-scale
+# preset see. "frame_diff" feeds temporal differences of the normalised frames instead: the demo's
+# tiny stand-in base is trained on it because a 6-block ViT on 128 tokens does not learn speed x
+# direction from raw RGB within a CPU budget (measured: supervised, RGB stays at chance — 11-13%
+# after 400 steps at 32 and 64 px, also with a difference-initialised tubelet — while the same
+# model on differences reaches 70% held-out). Like the mask index, a model carries its transform
+# in ``config.input_transform`` (saved in config.json), and every encode path below applies it, so
+# a model is never fed the other kind of input by mistake.
+INPUT_TRANSFORMS = ("rgb", "frame_diff")
+
 # Architectures of the released checkpoints. Values from transformers' convert_vjepa2_to_hf.py
 # (get_vjepa2_config) and the official src/hub/backbones.py: patch 16, tubelet 2, fpc 64, predictor
 # 12 layers x 384 wide x 12 heads, 10 mask tokens; ViT-g uses 22 heads and mlp_ratio 48/11
@@ -95,12 +105,14 @@ def build_config(
     """A ``VJEPA2Config`` for ``preset``; ``crop_size`` must equal the input resolution (RoPE grid)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
-    values = {**PRESETS[preset], "predictor_mask_index": DEFAULT_PREDICTOR_MASK_INDEX}
+    values = {**PRESETS[preset], "predictor_mask_index": DEFAULT_PREDICTOR_MASK_INDEX, "input_transform": "rgb"}
     if crop_size is not None:
         values["crop_size"] = int(crop_size)
     if frames_per_clip is not None:
         values["frames_per_clip"] = int(frames_per_clip)
     values.update(overrides)
+    if values["input_transform"] not in INPUT_TRANSFORMS:
+        raise ValueError(f"input_transform must be one of {INPUT_TRANSFORMS}, got {values['input_transform']!r}")
     if values["crop_size"] % values["patch_size"]:
         raise ValueError(f"crop_size {values['crop_size']} is not a multiple of patch_size {values['patch_size']}")
     return VJEPA2Config(**values)
@@ -134,6 +146,32 @@ def predictor_mask_index(config: VJEPA2Config) -> int:
     return int(getattr(config, "predictor_mask_index", DEFAULT_PREDICTOR_MASK_INDEX))
 
 
+def input_transform(config: VJEPA2Config) -> str:
+    """What these weights expect as input (see INPUT_TRANSFORMS); weights without the record take RGB."""
+    kind = getattr(config, "input_transform", "rgb")
+    if kind not in INPUT_TRANSFORMS:
+        raise WeightsError(f"config.input_transform {kind!r} is not one of {INPUT_TRANSFORMS}")
+    return kind
+
+
+def frame_difference(video: torch.Tensor) -> torch.Tensor:
+    """(B, T, C, H, W) -> (B, T, C, H, W): 2·(x[t] − x[t−1]); frame 0 repeats the first difference.
+
+    The factor 2 brings differences of normalised frames to about the spread of a normalised frame,
+    and repeating the first difference (rather than zeros) keeps tubelet 0 a real (x1 − x0) pair
+    like every other one.
+    """
+    if video.shape[1] < 2:
+        raise ValueError(f"frame differences need at least 2 frames, got {video.shape[1]}")
+    d = video[:, 1:] - video[:, :-1]  # (B, T-1, C, H, W)
+    return 2.0 * torch.cat([d[:, :1], d], dim=1)
+
+
+def model_input(encoder: VJEPA2Encoder, video: torch.Tensor) -> torch.Tensor:
+    """The video as this encoder's weights expect it (RGB, or frame differences)."""
+    return frame_difference(video) if input_transform(encoder.config) == "frame_diff" else video
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """Strip DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
     while True:
@@ -165,7 +203,7 @@ def _check_video(encoder: VJEPA2Encoder, video: torch.Tensor) -> None:
 def encode_full(encoder: VJEPA2Encoder, video: torch.Tensor) -> torch.Tensor:
     """All tokens through the encoder: (B, T, 3, H, W) -> (B, N, D)."""
     _check_video(encoder, video)
-    x = encoder.embeddings(video)  # (B, N, D)
+    x = encoder.embeddings(model_input(encoder, video))  # (B, N, D)
     for layer in encoder.layer:
         x = layer(x, None)[0]
     return encoder.layernorm(x)
@@ -181,7 +219,7 @@ def encode_context(encoder: VJEPA2Encoder, video: torch.Tensor, context_ids: tor
     _check_video(encoder, video)
     if context_ids.ndim != 2 or context_ids.shape[0] != video.shape[0]:
         raise ValueError(f"context_ids must be (B, Nc) with B={video.shape[0]}, got {tuple(context_ids.shape)}")
-    x = encoder.embeddings(video)  # (B, N, D)
+    x = encoder.embeddings(model_input(encoder, video))  # (B, N, D)
     ids = context_ids.to(device=x.device, dtype=torch.long)
     x = torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, Nc, D)
     for layer in encoder.layer:

@@ -22,7 +22,7 @@ CLIPS_FILE, SPLITS_FILE = "clips.jsonl", "splits.csv"
 
 
 def synth_command(cfg: PipelineConfig, out: str, num_clips: int | None, style: str, seed: int | None) -> None:
-    from vjepa_adapt.data.synthetic import generate_world
+    from vjepa_adapt.world import generate_world
 
     s = cfg.synth
     n = num_clips if num_clips is not None else (s.target_clips if style == "target" else s.source_clips)
@@ -32,7 +32,7 @@ def synth_command(cfg: PipelineConfig, out: str, num_clips: int | None, style: s
 
 
 def run_synth(ctx: StageContext) -> StageResult:
-    from vjepa_adapt.data.synthetic import generate_world
+    from vjepa_adapt.world import generate_world
 
     s = ctx.cfg.synth
     total = 0

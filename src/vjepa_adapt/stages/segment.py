@@ -89,7 +89,7 @@ def sampling(cfg: PipelineConfig) -> Any:
 
 def run_segment(ctx: StageContext) -> StageResult:
     from vjepa_adapt.data.clips import open_clip
-    from vjepa_adapt.data.synthetic import load_truth
+    from vjepa_adapt.world import load_truth
     from vjepa_adapt.segmentation.stage import (
         SegmentItem,
         read_clip_frames,
