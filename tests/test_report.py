@@ -255,7 +255,7 @@ def test_reference_arm_not_in_the_graph_fails_before_any_work(tmp_path):
     from vjepa_adapt.errors import ConfigError
     from vjepa_adapt.stages.graph import build_graph
 
-    cfg = load_config("demo", [f"run.out={tmp_path}", "report.reference_arm=surgery"])
+    cfg = load_config("demo", [f"run.out={tmp_path}", "report.reference_arm=no_such_arm"])
     graph = build_graph(cfg)
     with pytest.raises(ConfigError, match="report.reference_arm"):
         graph.check_requirements(cfg, ["compare"])

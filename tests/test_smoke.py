@@ -1,7 +1,7 @@
 """End-to-end smoke test of the whole pipeline on tiny settings (the CI's one full run).
 
-synth → clips → tag → motion → base → pretrain / pretrain-head → embed (5 arms) → probe → plots →
-compare; then a second run skips every stage, and a probe setting re-runs exactly its dependents.
+synth → clips → tag → motion → base → pretrain / pretrain-head, segment → factorize → surgery /
+surgery-head → embed (7 arms) → probe → plots → compare; then a second run skips every stage, and a probe setting re-runs exactly its dependents.
 """
 
 from __future__ import annotations
@@ -17,6 +17,11 @@ TINY = [
     "train.steps=3", "train.warmup_steps=1", "train.batch_size=4", "train.eval_every=3", "train.checkpoint_every=3",
     "arms.head_only_steps=2", "motion.num_classes=4", "motion.min_count_per_split=1",
     "probe.epochs=2", "probe.bootstrap_resamples=200", "embed.pooled_grid=[1,2,2]",
+    # surgery on the 64x48 world: 16 segmented frames (of 20), low D_A coverage bar, two short stages (the
+    # tiny world has next to no interaction tubes)
+    "segment.num_frames=16", "factors.min_agent_coverage_agent=0.01", "train.surgery.lpft_steps=1",
+    "train.surgery.stages=[{name: layout, steps: 2, unfreeze_fraction: 0.5, mixture: {layout: 1.0}},"
+    " {name: agent, steps: 1, unfreeze_fraction: 1.0, mixture: {agent: 0.5, raw: 0.5}}]",
 ]
 
 
@@ -29,7 +34,8 @@ def test_demo_end_to_end_then_cached_then_partial_rerun(tmp_path, capsys):
     assert main(["demo", "--out", str(run), *TINY]) == 0
     summary = json.loads((run / "report" / "summary.json").read_text())
     arms = summary["arms"]
-    assert set(arms) == {"frozen", "random_init", "frame_shuffled", "pretrain", "pretrain_head"}
+    assert set(arms) == {"frozen", "random_init", "frame_shuffled", "pretrain", "pretrain_head", "surgery",
+                         "surgery_head"}
     for name, row in arms.items():
         assert set(row) >= {"top1", "ci_low", "ci_high", "delta_vs_frozen", "delta_ci_low", "delta_ci_high",
                             "p_value", "n_test", "num_classes"}
@@ -38,7 +44,7 @@ def test_demo_end_to_end_then_cached_then_partial_rerun(tmp_path, capsys):
     assert arms["frozen"]["delta_vs_frozen"] == 0
     out = capsys.readouterr().out
     assert "Δ vs frozen" in out and "b/c" in out and "macro-F1" in out and "report/index.html" in out
-    assert "discordant" in arms["pretrain"] and "head" in arms["pretrain_head"]
+    assert "discordant" in arms["pretrain"] and "head" in arms["pretrain_head"] and "head" in arms["surgery_head"]
     assert (run / "report" / "summary.md").exists() and (run / "plots" / "trainer_pretrain.png").exists()
     assert "pretrain_head" in (run / "report" / "index.html").read_text()
     for png in ("top1.png", "delta_forest.png", "training_frozen.png", "confusion_pretrain.png"):
@@ -48,6 +54,11 @@ def test_demo_end_to_end_then_cached_then_partial_rerun(tmp_path, capsys):
     # measured against the generator's intended class (>= 90% at demo size: tests/test_motion.py; lower here at 64 px)
     assert first["motion"]["extra"]["truth_agreement"] >= 0.6
     assert (run / "pretrain" / "pretrain" / "best" / "encoder" / "config.json").exists()
+    # surgery: its inputs ran for the train split only (segment.in_run=false), its encoder was embedded
+    assert first["surgery"]["extra"]["recipe"] == dict.fromkeys(("salt", "lpft", "spd", "clear", "mgmae"), True)
+    assert first["segment"]["done"] < first["clips"]["done"] and first["surgery"]["extra"]["factor_clips"]["agent"] > 0
+    assert (run / "surgery" / "surgery" / "best" / "encoder" / "config.json").exists()
+    assert first["embed/surgery"]["done"] == first["embed/frozen"]["done"]
 
     # unchanged: every stage is skipped; `report` reads the run's own config.yaml, so it re-runs nothing
     assert main(["demo", "--out", str(run), *TINY]) == 0

@@ -58,7 +58,17 @@ STAGES: dict[str, tuple[str, str]] = {
         "in: --clips, RUN/segment (run first if missing). out: RUN/factorize/{manifest.jsonl, motion.npz,\n"
         "samples_{layout,agent,interaction}.png, <kind>/<clip>.mp4 when factors.materialise}.",
     ),
-    "surgery": ("3-stage progressive prefix unfreezing over the factor datasets (Ch 11)", "not built yet."),
+    "surgery": (
+        "progressive prefix unfreezing over the factor datasets with recipe-v3 (SALT, LP-FT, SPD, CLEAR, MGMAE) (m09c1)",
+        "in: --clips, RUN/motion, RUN/factorize (segment and factorize run first if missing), the frozen encoder.\n"
+        "out: RUN/surgery/<arm>/{checkpoints,best,final,metrics.jsonl}; one arm per arms.surgery_ablations entry\n"
+        "(surgery_no_<switch>). Stages and switches: train.surgery.*.",
+    ),
+    "surgery-head": (
+        "head-only on the factor streams: encoder and predictor frozen, only the motion_aux head trains (m09c2)",
+        "in: --clips, RUN/motion, RUN/factorize, the frozen encoder. out: RUN/surgery_head/{best/head.safetensors,\n"
+        "metrics.jsonl}; embedded with the head's hidden vector appended, like pretrain-head.",
+    ),
     "compare": (
         "every arm through the same probe: top-1, 95% CI, paired delta vs frozen with CI and p-value",
         "in: RUN/probe/*, RUN/tag. out: RUN/report/{summary.json,summary.md,index.html} and a printed table.",
@@ -146,11 +156,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         stages.synth_command(cfg, out=args.out, num_clips=args.clips, style=args.style, seed=args.seed)
         return 0
-    if args.command == "surgery":
-        raise NotBuiltError(
-            f"this stage (SPEC.md: {STAGES[args.command][0]}) is not built in this version; "
-            "nothing was run. See README.md, 'Status'."
-        )
     preset = args.config or ("demo" if args.command == "demo" else None)
     if args.command == "report" and not args.config:
         # the report of a run folder: that run's own resolved config, so nothing re-runs by accident

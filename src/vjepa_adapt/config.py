@@ -118,13 +118,21 @@ class MaskGenerator(Section):
 
 
 class MaskingConfig(Section):
-    kind: Literal["multiblock", "motion_guided"] = "multiblock"
+    kind: Literal["multiblock", "motion_guided"] = Field(
+        "multiblock", description="motion_guided (MGMAE): each block is placed on its first time step and carried "
+                                  "along the clip's optical flow (masking.py); the flow is computed in the data "
+                                  "loader on each sample's cropped, flipped frames")
     generators: list[MaskGenerator] = Field(
         default_factory=lambda: [
             MaskGenerator(num_blocks=8, spatial_scale=0.15),
             MaskGenerator(num_blocks=2, spatial_scale=0.70),
         ]
     )
+    flow_backend: Literal["farneback", "dis"] = Field(
+        "farneback", description="motion_guided: optical flow of the masks (CPU, in the decode workers; at <= 128 px "
+                                 "Farnebäck is faster than DIS: 0.7 vs 1.7 ms a pair at 64 px, measured)")
+    flow_max_side: int = Field(128, ge=16, description="motion_guided: frames are downscaled to at most this (px) "
+                                                       "before the flow; it is pooled to the token grid anyway")
 
     @field_validator("generators")
     @classmethod
@@ -196,12 +204,30 @@ class ProbeConfig(Section):
 
 
 class Stage(Section):
-    """One stage of progressive training: what trains, on what data, for how long."""
+    """One stage of progressive training: what trains, on what data, for how long.
+
+    ``unfreeze_fraction`` is a share of the encoder's blocks: the first ceil(fraction × depth) blocks
+    train (with the patch embedding), so 0.25 of 40 blocks = 10 blocks = blocks 0–9 (the reference
+    design's "blocks 0–10" counted 11; write 0.275 for those). 0 = no block (LP-FT: predictor and head
+    only); the final encoder norm trains only in a stage that trains every block. Each stage re-warms
+    the lr from 0 over ``warmup_steps`` and decays it by a cosine to ``train.final_lr`` at its end.
+    """
 
     name: str
     steps: int = Field(ge=1)
-    unfreeze_fraction: float = Field(1.0, ge=0, le=1, description="train blocks [0, fraction×depth); 0 = heads only")
-    mixture: dict[str, float] = Field(default_factory=lambda: {"raw": 1.0})
+    unfreeze_fraction: float = Field(1.0, ge=0, le=1, description="train blocks [0, ceil(fraction×depth)); "
+                                                                   "0 = predictor/head only")
+    mixture: dict[str, float] = Field(default_factory=lambda: {"raw": 1.0},
+                                      description="share of each batch per data stream: raw (the CLEAR replay), "
+                                                  "layout (D_L), agent (D_A), interaction (D_I)")
+    warmup_steps: int | None = Field(None, ge=0, description="lr warmup at the stage's start; None = "
+                                                             "train.warmup_steps (at most the stage's steps)")
+
+    @model_validator(mode="after")
+    def _warmup(self) -> Stage:
+        if self.warmup_steps is not None and self.warmup_steps > self.steps:
+            raise ValueError(f"train.stages[{self.name}].warmup_steps: {self.warmup_steps} exceeds its steps={self.steps}")
+        return self
 
     @field_validator("mixture")
     @classmethod
@@ -213,6 +239,47 @@ class Stage(Section):
         if any(s < 0 for s in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
             raise ValueError(f"shares must be >= 0 and sum to 1, got {v}")
         return v
+
+
+RECIPE_SWITCHES = ("salt", "lpft", "spd", "clear", "mgmae")  # recipe-v3, each separately on/off
+
+
+def _default_surgery_stages() -> list[Stage]:
+    # SPEC Ch 11: stage 1 on 100% D_L, stage 2 on 90% D_A + 10% replay, stage 3 on 85% D_I + 15% replay
+    return [Stage(name="layout", steps=60, unfreeze_fraction=0.25, mixture={"layout": 1.0}),
+            Stage(name="agent", steps=60, unfreeze_fraction=0.5, mixture={"agent": 0.9, "raw": 0.1}),
+            Stage(name="interaction", steps=60, unfreeze_fraction=0.75, mixture={"interaction": 0.85, "raw": 0.15})]
+
+
+class SurgeryConfig(Section):
+    """Ch 11 surgery (m09c1): progressive prefix unfreezing over the factor streams, and the recipe-v3
+    switches. The surgery arm trains with ``train``'s other values (lr, batch, betas, λ, ...) and these
+    (``stages.surgery.surgery_train_config`` resolves them into the trainer's one ``TrainConfig``)."""
+
+    stages: list[Stage] = Field(default_factory=_default_surgery_stages)
+    salt: bool = Field(True, description="SALT: the teacher stays frozen at the initial weights (no EMA)")
+    lpft: bool = Field(True, description="LP-FT: a stage 0 of lpft_steps with the encoder frozen (predictor and "
+                                         "head train) on the first stage's data, before any block is unfrozen")
+    lpft_steps: int = Field(20, ge=1)
+    spd: bool = Field(True, description="SPD: selective projection decay toward the initial weights after each step")
+    spd_lambda: float = Field(0.5, gt=0, le=1, description="SPD's λ: the share of a step's drift growth taken back")
+    clear: bool = Field(True, description="CLEAR: the raw (replay) shares of the stage mixtures; off = those "
+                                          "shares go to the stage's factor streams")
+    mgmae: bool = Field(True, description="MGMAE: motion-guided masks (masking.kind=motion_guided) for this arm")
+
+    @field_validator("stages")
+    @classmethod
+    def _nonempty(cls, v: list[Stage]) -> list[Stage]:
+        if not v:
+            raise ValueError("needs at least one stage")
+        _unique_stage_names(v, "train.surgery.stages")
+        return v
+
+
+def _unique_stage_names(stages: list[Stage], where: str) -> None:
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: stage names must be unique, got {names}")
 
 
 class TrainConfig(Section):
@@ -241,6 +308,8 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(50, ge=1)
     keep_last: int = Field(2, ge=1)
     resume: str = Field("auto", description="auto | none | path to a checkpoint")
+    surgery: SurgeryConfig = Field(default_factory=SurgeryConfig, description="the surgery arms' stages and recipe "
+                                                                              "(read by the surgery stages only)")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -253,6 +322,7 @@ class TrainConfig(Section):
         if self.stages is not None and sum(s.steps for s in self.stages) != self.steps:
             total = sum(s.steps for s in self.stages)
             raise ValueError(f"train.stages: stage steps sum to {total} but train.steps={self.steps}")
+        _unique_stage_names(self.stages or [], "train.stages")
         return self
 
     def for_arm(self, l2_lambda: float) -> TrainConfig:
@@ -280,8 +350,20 @@ class BaseModelConfig(Section):
 class ArmsConfig(Section):
     pretrain: bool = True
     pretrain_head: bool = True
+    surgery: bool = Field(True, description="the surgery arm (m09c1); pulls in segment and factorize")
+    surgery_head: bool = Field(True, description="head-only on the factor streams (m09c2)")
+    surgery_ablations: list[Literal["salt", "lpft", "spd", "clear", "mgmae"]] = Field(
+        default_factory=list, description="one more surgery arm per switch turned off (surgery_no_<switch>)")
     head_only_steps: int = Field(150, ge=1)
     head_only_lr: float = Field(1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _ablations(self) -> ArmsConfig:
+        if len(set(self.surgery_ablations)) != len(self.surgery_ablations):
+            raise ValueError(f"arms.surgery_ablations: a switch is listed twice: {self.surgery_ablations}")
+        if self.surgery_ablations and not self.surgery:
+            raise ValueError("arms.surgery_ablations: ablations are compared with the surgery arm; set arms.surgery=true")
+        return self
 
 
 class SegmentConfig(Section):
@@ -347,6 +429,10 @@ class FactorsConfig(Section):
     max_tubes: int = Field(4, ge=0, description="D_I: tubes per clip at most (longest interactions first)")
     fps: float = Field(16.0, gt=0, description="frame rate of materialised factor clips")
     sample_clips: int = Field(4, ge=1, description="factor clips per sample-grid PNG")
+    splits: list[Literal["train", "val", "test"]] | None = Field(
+        None, description="splits whose clips segment and factorize process; None = every split when "
+                          "segment.in_run, else the train split only (the stages then run as the surgery's input, "
+                          "which trains on train factor clips and picks its best checkpoint on raw val clips)")
 
 
 class ReportConfig(Section):

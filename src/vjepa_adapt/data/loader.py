@@ -11,10 +11,16 @@ The one loader of the toolkit (trainer, its evals, embed). Every sample is keyed
 So a resumed run asks for step N and gets exactly the batch, augmentation and masks the
 uninterrupted run got — nothing is replayed or skipped through — whatever the number of workers.
 
-Extending it (Ch 11's mixture of raw / layout / agent / interaction streams): a mixture sampler
-overrides ``StepBatchSampler.keys_for_step`` to yield ``(stream, index, step)`` keys from (seed,
-step), and a dataset routes each key to its stream's ``ClipDataset``; ``Collate`` reads only the
-items' ``step``.
+Ch 11's mixture of raw / layout / agent / interaction streams: ``MixtureBatchSampler`` overrides
+``keys_for_step`` to yield ``(stream, index, step)`` keys, still a pure function of (seed, step):
+which stage the step is in gives the mixture, the stream counts of every stage so far are closed
+form, and each stream walks its own epoch permutations. ``MixtureDataset`` routes each key to its
+stream's ``ClipDataset``. Without factor streams the trainer uses ``StepBatchSampler`` and one
+``ClipDataset`` exactly as before.
+
+MGMAE: a ``ClipDataset`` given a ``flow`` maker (``masking.TokenFlow``) adds each sample's token-grid
+flow, computed on the frames after its crop and flip; ``Collate`` passes the stacked flows to the
+masker.
 
 A clip that fails to decode becomes a skip record; the collate drops it from the batch and lists
 it under ``batch["skipped"]`` as ``(clip_id, reason)`` so the caller can count bad input.
@@ -23,8 +29,9 @@ it under ``batch["skipped"]`` as ``(clip_id, reason)`` so the caller can count b
 from __future__ import annotations
 
 import functools
+import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,14 +40,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vjepa_adapt.data.clips import Clip, open_clip
-from vjepa_adapt.data.transforms import eval_transform, train_transform
+from vjepa_adapt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from vjepa_adapt.data.video import VideoError, read_frames
-from vjepa_adapt.masking import MultiblockMasker, derive_generator
+from vjepa_adapt.masking import MultiblockMasker, TokenFlow, derive_generator
 from vjepa_adapt.progress import get_logger
 
 log = get_logger("data.loader")
 
 SampleKey = tuple[int, int]  # (clip index, step)
+MixtureKey = tuple[str, int, int]  # (stream, clip index in that stream, step)
+STREAMS = ("raw", "layout", "agent", "interaction")  # the data streams of train.stages[].mixture
+FrameReader = Callable[[Clip, int], np.ndarray]  # (clip, num_frames) -> (T, H, W, 3) uint8; VideoError = skip
 
 # Eval batches draw masks as if at these "steps": far outside any training run, never negative.
 EVAL_STEP_BASE = 1_000_000_000
@@ -100,23 +110,98 @@ class StepBatchSampler(Sampler[list[SampleKey]]):
         return max(0, self.total - self.start)
 
 
+def stream_counts(mixture: Mapping[str, float], positions: int) -> dict[str, int]:
+    """How many of a stage's first ``positions`` samples belong to each stream.
+
+    The cumulative share boundaries are rounded (streams in ``STREAMS`` order: the first k streams
+    hold floor(Q·(s_1 + … + s_k) + ½) of Q samples), so every prefix of the stage — and so every
+    batch — holds each stream's share to within one sample, and the counts are closed form.
+    """
+    out, done, cum = {}, 0, 0.0
+    live = [n for n in STREAMS if mixture.get(n, 0.0) > 0]
+    for n in live:
+        cum += mixture[n]
+        upto = positions if n == live[-1] else min(positions, math.floor(positions * cum + 0.5))
+        out[n], done = upto - done, upto
+    return out
+
+
+class MixtureBatchSampler(StepBatchSampler):
+    """Yields, per step, this rank's ``[(stream, index, step), ...]`` from the mixture of the step's stage.
+
+    ``schedule``: ``[(steps, mixture), ...]`` per stage, in sampler steps. Step s of stage j: its
+    global batch (world × b slots) takes ``stream_counts`` of the stage's mixture at positions
+    [(s − start_j)·G, +G); stream n continues at its own position (its counts in every earlier
+    stage, closed form) through its epoch permutations seeded by (seed, stream, epoch). The G slots
+    are shuffled by (seed, step) and rank r takes slots [r·b, +b). Everything is a function of
+    (seed, step): ranks agree, resume replays nothing. Past the last stage the last mixture holds.
+    """
+
+    def __init__(self, stream_sizes: Mapping[str, int], schedule: Sequence[tuple[int, Mapping[str, float]]],
+                 batch_size: int, seed: int, start_step: int, total_steps: int, rank: int = 0, world_size: int = 1):
+        super().__init__(max(1, sum(stream_sizes.values())), batch_size, seed, start_step, total_steps, rank,
+                         world_size)
+        for i, (_, mix) in enumerate(schedule):
+            empty = [n for n, share in mix.items() if share > 0 and stream_sizes.get(n, 0) < 1]
+            if empty:
+                raise ValueError(f"stage {i}: stream(s) {empty} have a share of the mixture but no clips")
+        self.sizes = dict(stream_sizes)
+        self.schedule = [(int(n), dict(m)) for n, m in schedule]
+        self._stream_perms: dict[str, tuple[int, np.ndarray]] = {}
+
+    def _stream_index(self, stream: str, position: int) -> int:
+        n = self.sizes[stream]
+        epoch = position // n
+        cached = self._stream_perms.get(stream)
+        if cached is None or cached[0] != epoch:
+            rng = np.random.default_rng([self.seed, 1 + STREAMS.index(stream), epoch])
+            cached = self._stream_perms[stream] = (epoch, rng.permutation(n))
+        return int(cached[1][position % n])
+
+    def slots_for_step(self, step: int) -> list[tuple[str, int]]:
+        """The global batch of ``step``: (stream, position in that stream) per slot, shuffled."""
+        g = self.b * self.world
+        before = {n: 0 for n in STREAMS}  # each stream's samples in the stages before this one
+        start, mix = 0, self.schedule[-1][1]
+        for i, (steps, m) in enumerate(self.schedule):
+            if step < start + steps or i == len(self.schedule) - 1:
+                mix = m
+                break
+            for n, c in stream_counts(m, steps * g).items():
+                before[n] += c
+            start += steps
+        q = (step - start) * g
+        lo, hi = stream_counts(mix, q), stream_counts(mix, q + g)
+        slots = [(n, before[n] + lo[n] + k) for n in hi for k in range(hi[n] - lo[n])]
+        order = np.random.default_rng([self.seed, step]).permutation(len(slots))
+        return [slots[i] for i in order]
+
+    def keys_for_step(self, step: int) -> list[MixtureKey]:  # type: ignore[override]
+        mine = self.slots_for_step(step)[self.rank * self.b:(self.rank + 1) * self.b]
+        return [(n, self._stream_index(n, pos), step) for n, pos in mine]
+
+
 class ClipDataset(Dataset):
     """Map-style dataset: ``ds[(index, step)]`` (or ``ds[index]`` = step 0) -> a sample or a skip record.
 
     Sample: ``clip_id, index, step, video (T, 3, size, size) float32, flipped`` (+ ``label``,
-    ``reg`` with ``aux``: motion_aux targets that follow the flip).
+    ``reg`` with ``aux``: motion_aux targets that follow the flip; + ``flow`` (T', H', W', 2) with a
+    ``flow`` maker, MGMAE's token-grid flow of the cropped, flipped frames).
     Skip record: ``clip_id, index, step, skip_reason, error`` (no ``video``).
     The training augmentation is drawn from (seed, step, index): each step's crops are fixed.
+    ``read`` decodes a clip (default: its file, ``read_frames``); a factor stream rebuilt on the fly
+    passes its builder.
     """
 
     def __init__(self, clips: Sequence[Clip], *, num_frames: int, size: int, seed: int, train: bool,
                  flip_prob: float = 0.5, crop_scale: tuple[float, float] = (0.3, 1.0),
                  crop_ratio: tuple[float, float] = (0.75, 1.35), aux: AuxTargets | None = None,
-                 fps_stride: float | None = None):
+                 fps_stride: float | None = None, read: FrameReader | None = None, flow: TokenFlow | None = None):
         self.clips = list(clips)
         self.num_frames, self.size, self.seed, self.train = num_frames, size, seed, train
         self.flip_prob, self.crop_scale, self.crop_ratio = flip_prob, tuple(crop_scale), tuple(crop_ratio)
         self.aux, self.fps_stride = aux, fps_stride
+        self.read, self.flow = read, flow
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -126,8 +211,11 @@ class ClipDataset(Dataset):
         clip = self.clips[index]
         base = {"clip_id": clip.clip_id, "index": index, "step": step}
         try:
-            frames = read_frames(open_clip(clip), num_frames=self.num_frames, fps_stride=self.fps_stride,
-                                 start=clip.start, end=clip.end)  # (T, H, W, 3) uint8
+            if self.read is not None:
+                frames = self.read(clip, self.num_frames)  # (T, H, W, 3) uint8
+            else:
+                frames = read_frames(open_clip(clip), num_frames=self.num_frames, fps_stride=self.fps_stride,
+                                     start=clip.start, end=clip.end)  # (T, H, W, 3) uint8
         except VideoError as e:
             log.debug("skipping %s: %s", clip.clip_id, e)
             return {**base, "skip_reason": e.reason, "error": str(e)}
@@ -141,7 +229,44 @@ class ClipDataset(Dataset):
         if self.aux is not None:
             label, reg = self.aux.get(clip.clip_id, flipped)
             item["label"], item["reg"] = label, torch.from_numpy(np.asarray(reg, dtype=np.float32))
+        if self.flow is not None:  # MGMAE: the flow of what the model sees (after crop and flip)
+            item["flow"] = self.flow(unnormalize(video))  # (T', H', W', 2)
         return item
+
+
+def unnormalize(video: torch.Tensor) -> np.ndarray:
+    """(T, 3, S, S) normalised float32 -> (T, S, S, 3) uint8, the inverse of ``transforms.normalize``."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = ((video * std + mean) * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
+
+
+class MixtureDataset(Dataset):
+    """``ds[(stream, index, step)]`` -> that stream's ``ClipDataset[(index, step)]``, tagged with ``stream``."""
+
+    def __init__(self, streams: Mapping[str, ClipDataset], seed: int):
+        unknown = set(streams) - set(STREAMS)
+        if unknown:
+            raise ValueError(f"unknown data stream(s) {sorted(unknown)}; streams: {', '.join(STREAMS)}")
+        self.streams, self.seed = dict(streams), seed
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.streams.values())
+
+    def __getitem__(self, key: MixtureKey) -> dict[str, Any]:
+        stream, index, step = key
+        return {**self.streams[stream][(index, step)], "stream": stream}
+
+
+@dataclass
+class Stream:
+    """One data stream of a mixture: its clips, their motion_aux targets, and how to decode a clip
+    (None = its file). The trainer's raw stream is its ``train_clips``/``aux``."""
+
+    clips: list[Clip]
+    aux: AuxTargets | None = None
+    read: FrameReader | None = None
 
 
 @dataclass
@@ -150,8 +275,9 @@ class Collate:
 
     Returns ``video`` (B, T, 3, S, S) (None when every clip of the batch was bad), ``clip_id``
     (list), ``index`` (B,) long, ``flipped`` (B,) bool, ``skipped`` [(clip_id, reason)], ``step``;
-    with aux targets ``label`` (B,) long and ``reg`` (B, R); with a masker ``masks`` (one
-    ``MaskBatch`` per generator, a pure function of (masker seed, step)).
+    with aux targets ``label`` (B,) long and ``reg`` (B, R); from a mixture ``stream`` (list); with a
+    masker ``masks`` (one ``MaskBatch`` per generator, a pure function of (masker seed, step) — and,
+    when the samples carry MGMAE flow, of their stacked flows (B, T', H', W', 2)).
     """
 
     masker: MultiblockMasker | None = None
@@ -171,8 +297,13 @@ class Collate:
         if "label" in good[0]:
             out["label"] = torch.tensor([it["label"] for it in good], dtype=torch.long)  # (B,)
             out["reg"] = torch.stack([it["reg"] for it in good])  # (B, dims)
+        if "stream" in good[0]:
+            out["stream"] = [it["stream"] for it in good]
         if self.masker is not None:
-            out["masks"] = self.masker(len(good), out["step"])
+            if "flow" in good[0]:  # MGMAE: blocks carried along each sample's own flow
+                out["masks"] = self.masker(len(good), out["step"], flow_tokens=torch.stack([it["flow"] for it in good]))
+            else:
+                out["masks"] = self.masker(len(good), out["step"])
         return out
 
 
@@ -191,8 +322,8 @@ def batch_to_device(batch: dict[str, Any], device: torch.device | str) -> dict[s
     return out
 
 
-def build_train_loader(dataset: ClipDataset, sampler: StepBatchSampler, masker: MultiblockMasker | None,
-                       num_workers: int) -> DataLoader:
+def build_train_loader(dataset: ClipDataset | MixtureDataset, sampler: StepBatchSampler,
+                       masker: MultiblockMasker | None, num_workers: int) -> DataLoader:
     # An own generator: creating a loader iterator must not draw from the global RNG, or a resumed
     # run (which restores the global RNG first) would see a shifted dropout stream.
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=Collate(masker),

@@ -1,7 +1,8 @@
 """Stage adapters: config → the module that owns the work → files in the run folder.
 
 One module per chapter (``data``: synth, clips, tag, motion; ``adapt``: base, pretrain, head-only;
-``evaluate``: embed, probe, plots, compare), ``encoders`` for which model a stage starts from,
+``evaluate``: embed, probe, plots, compare; ``segment``: segment, factorize; ``surgery``: surgery,
+surgery-head), ``encoders`` for which model a stage starts from,
 ``arms`` for the list of arms, and ``graph`` for who needs whom. Nothing here does maths.
 """
 

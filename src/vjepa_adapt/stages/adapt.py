@@ -66,6 +66,26 @@ def _aux_targets(cfg: PipelineConfig, run_dir: Path):
 
 def _train_arm(ctx: StageContext, mode: str, l2: float) -> StageResult:
     """One trained arm: ``l2`` is its λ of the L2 anchor, one value of the ``train.l2_anchor`` sweep."""
+    cfg = ctx.cfg
+    tcfg = cfg.train.for_arm(l2)  # one arm = one resolved TrainConfig: its single λ, SPD's λ in tcfg.spd
+    if mode == "head_only":
+        tcfg = head_only_config(cfg, tcfg)
+    return fit_arm(ctx, tcfg, cfg.masking)
+
+
+def head_only_config(cfg: PipelineConfig, tcfg: TrainConfig) -> TrainConfig:
+    """The head-only arms' settings (pretrain-head, surgery-head): ``tcfg`` in mode head_only with
+    ``arms.head_only_*`` steps and lr and the motion_aux loss at full weight (no stages)."""
+    a = cfg.arms
+    return tcfg.model_copy(update={"mode": "head_only", "steps": a.head_only_steps, "lr": a.head_only_lr,
+                                   "warmup_steps": min(cfg.train.warmup_steps, a.head_only_steps),
+                                   "motion_aux_weight": 1.0, "aux_lr_mult": 1.0, "stages": None,
+                                   "eval_every": min(cfg.train.eval_every, a.head_only_steps)})
+
+
+def fit_arm(ctx: StageContext, tcfg: TrainConfig, masking, make_streams=None) -> StageResult:
+    """Train one arm (``tcfg``) on the run's train clips with their motion_aux targets, validated on
+    the val clips; ``make_streams(motion outputs, clips)`` adds the factor streams its stages mix in."""
     from vjepa_adapt.models.heads import MotionAuxHead
     from vjepa_adapt.train.loop import train
 
@@ -73,18 +93,13 @@ def _train_arm(ctx: StageContext, mode: str, l2: float) -> StageResult:
     aux, mo = _aux_targets(cfg, ctx.run_dir)
     clips, _ = load_run_clips(ctx.run_dir)
     clips = [c for c in clips if c.clip_id in mo.features]  # clips the motion stage could read
+    streams = make_streams(mo, clips) if make_streams is not None else None
     torch.manual_seed(cfg.run.seed)
     model = load_frozen(cfg, ctx.run_dir)
     head = MotionAuxHead(model.config.hidden_size, len(mo.label_set.classes), reg_dims=cfg.motion.aux_dims)
-    tcfg = cfg.train.for_arm(l2)  # one arm = one resolved TrainConfig: its single λ, SPD's λ in tcfg.spd
-    if mode == "head_only":
-        a = cfg.arms
-        tcfg = tcfg.model_copy(update={"mode": "head_only", "steps": a.head_only_steps, "lr": a.head_only_lr,
-                                       "warmup_steps": min(cfg.train.warmup_steps, a.head_only_steps),
-                                       "motion_aux_weight": 1.0, "aux_lr_mult": 1.0, "stages": None,
-                                       "eval_every": min(cfg.train.eval_every, a.head_only_steps)})
-    res = train(tcfg=tcfg, data=cfg.data, masking=cfg.masking, model=model, head=head,
+    res = train(tcfg=tcfg, data=cfg.data, masking=masking, model=model, head=head,
                 train_clips=[c for c in clips if mo.splits[c.clip_id] == "train"],
                 val_clips=[c for c in clips if mo.splits[c.clip_id] == "val"], aux=aux, out_dir=ctx.out_dir,
-                seed=cfg.run.seed, device=resolve_device(cfg), dtype=cfg.run.dtype, num_workers=cfg.run.num_workers)
+                seed=cfg.run.seed, device=resolve_device(cfg), dtype=cfg.run.dtype, num_workers=cfg.run.num_workers,
+                streams=streams)
     return _train_result(res, len(clips))

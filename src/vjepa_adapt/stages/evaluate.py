@@ -53,7 +53,7 @@ def make_embed_worker(cfg: PipelineConfig, run_dir: Path, arm: str, arm_dir: Pat
     elif arm in (FROZEN, FRAME_SHUFFLED):
         model = load_frozen(cfg, run_dir)
         shuffle_seed = cfg.run.seed if arm == FRAME_SHUFFLED else None
-    elif arm == PRETRAIN_HEAD:
+    elif _is_head_only(arm):  # pretrain_head, surgery_head: the frozen encoder + the head's hidden vector
         model = load_frozen(cfg, run_dir)
         extra = _head_features(arm_dir / "best" / "head.safetensors", model, cfg)
     else:

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vjepa_adapt.config import PipelineConfig
+from vjepa_adapt.config import PipelineConfig, TrainConfig
 from vjepa_adapt.errors import ConfigError
 from vjepa_adapt.pipeline import StageGraph, StageSpec, is_complete
 from vjepa_adapt.stages.adapt import _train_arm, run_base
-from vjepa_adapt.stages.arms import FRAME_SHUFFLED, FROZEN, PRETRAIN_HEAD, UNTRAINED, all_arms, pretrain_arms
+from vjepa_adapt.stages.arms import (
+    FRAME_SHUFFLED,
+    FROZEN,
+    PRETRAIN_HEAD,
+    SURGERY_HEAD,
+    UNTRAINED,
+    all_arms,
+    is_head_only,
+    pretrain_arms,
+    surgery_arms,
+)
 from vjepa_adapt.stages.data import (
     check_motion_backend,
     check_tag_backend,
@@ -29,6 +39,7 @@ from vjepa_adapt.stages.segment import (
     run_segment,
     segment_reads,
 )
+from vjepa_adapt.stages.surgery import SET_BY_RECIPE, check_factor_frames, run_surgery, run_surgery_head
 
 
 def build_graph(cfg: PipelineConfig) -> StageGraph:
@@ -60,20 +71,41 @@ def build_graph(cfg: PipelineConfig) -> StageGraph:
         specs.append(StageSpec("base", run_base, needs=["synth"], distributed=True,
                                reads=["base", "masking", "train.resume", *model_keys, *data_keys, *augment_keys,
                                       "data.split_seed"], requires=device))
-    train_reads = ["train", "masking", "motion.aux_dims", "arms", *model_keys, *data_keys, *augment_keys]
+    # Ch 11a: the surgery arms' inputs (with segment.in_run=false `run` selects them only through those arms)
+    specs.append(StageSpec(SEGMENT, run_segment, needs=["clips"], reads=segment_reads(),
+                           requires=(check_segment_backend,)))
+    specs.append(StageSpec(FACTORIZE, run_factorize, needs=["clips", SEGMENT], reads=factorize_reads()))
+    # Trained arms read train.* and the data/model settings; the surgery recipe (train.surgery) and the
+    # arm switches only where they are used, so e.g. an added ablation does not re-run pretrain.
+    common = ["masking", "motion.aux_dims", *model_keys, *data_keys, *augment_keys]
+    pretrain_reads = [f"train.{f}" for f in TrainConfig.model_fields if f != "surgery"] + common
+    head_reads = [*pretrain_reads, "arms.head_only_steps", "arms.head_only_lr"]
+    surgery_reads = [f"train.{f}" for f in TrainConfig.model_fields if f not in SET_BY_RECIPE] + [
+        *common, "factors.num_frames"]
     arms = all_arms(cfg)
     for name, lam in (pretrain_arms(cfg).items() if cfg.arms.pretrain else []):
         specs.append(StageSpec(name, lambda ctx, lam=lam: _train_arm(ctx, "jepa", lam), folder=f"pretrain/{name}",
                                distributed=True,
-                               needs=["clips", "motion", *base_needs], reads=train_reads, requires=frozen_encoder))
+                               needs=["clips", "motion", *base_needs], reads=pretrain_reads, requires=frozen_encoder))
     if cfg.arms.pretrain_head:
         specs.append(StageSpec(PRETRAIN_HEAD, lambda ctx: _train_arm(ctx, "head_only", 0.0), distributed=True,
-                               needs=["clips", "motion", *base_needs], reads=train_reads, requires=frozen_encoder))
+                               needs=["clips", "motion", *base_needs], reads=head_reads, requires=frozen_encoder))
+    surgery_requires = (*frozen_encoder, check_factor_frames)
+    for name, off in surgery_arms(cfg).items():
+        specs.append(StageSpec(name, lambda ctx, off=off: run_surgery(ctx, off), folder=f"surgery/{name}",
+                               distributed=True, needs=["clips", "motion", FACTORIZE, *base_needs],
+                               reads=surgery_reads, requires=surgery_requires))
+    if cfg.arms.surgery_head:
+        specs.append(StageSpec(SURGERY_HEAD, run_surgery_head, distributed=True,
+                               needs=["clips", "motion", FACTORIZE, *base_needs],
+                               reads=[*surgery_reads, "arms.head_only_steps", "arms.head_only_lr"],
+                               requires=surgery_requires))
     for arm in arms:
         trained = [] if arm in UNTRAINED else [arm]
+        loads_frozen = arm in (FROZEN, FRAME_SHUFFLED) or is_head_only(arm)
         specs.append(StageSpec(f"embed/{arm}", lambda ctx, arm=arm: _embed(ctx, arm),
                                needs=["clips", *base_needs, *trained], reads=["embed", *model_keys, *data_keys],
-                               requires=frozen_encoder if arm in (FROZEN, FRAME_SHUFFLED, PRETRAIN_HEAD) else device,
+                               requires=frozen_encoder if loads_frozen else device,
                                clip_parallel=True))
         specs.append(StageSpec(f"probe/{arm}", lambda ctx, arm=arm: _probe(ctx, arm),
                                needs=[f"embed/{arm}", "motion", "clips"], reads=["probe"], requires=device))
@@ -81,13 +113,11 @@ def build_graph(cfg: PipelineConfig) -> StageGraph:
     specs.append(StageSpec("plots", run_plots, needs=probes,
                            reads=["report.reference_arm", "probe.bootstrap_resamples", "probe.seed"]))
     # compare writes the table and the HTML report, which shows every stage of the run: it needs them all
-    specs.append(StageSpec("compare", run_compare, needs=[s.name for s in specs], folder="report",
+    # (segment/factorize only when the run selects them: for their own sake, or as a surgery arm's input)
+    report_needs = [s.name for s in specs if cfg.segment.in_run or s.name not in (SEGMENT, FACTORIZE)]
+    specs.append(StageSpec("compare", run_compare, needs=report_needs, folder="report",
                            reads=["report", "probe.bootstrap_resamples", "probe.seed"],
                            requires=(_reference_check([s.name[len("probe/"):] for s in specs if s.name.startswith("probe/")]),)))
-    # Ch 11a: no arm consumes them yet (the surgery stage will); added after compare so it does not wait for them
-    specs.append(StageSpec(SEGMENT, run_segment, needs=["clips"], reads=segment_reads(),
-                           requires=(check_segment_backend,)))
-    specs.append(StageSpec(FACTORIZE, run_factorize, needs=["clips", SEGMENT], reads=factorize_reads()))
     return StageGraph(specs)
 
 
@@ -110,6 +140,10 @@ def targets_for(command: str, cfg: PipelineConfig, graph: StageGraph, run_dir: P
         return list(pretrain_arms(cfg)) if cfg.arms.pretrain else []
     if command == "pretrain-head":
         return [PRETRAIN_HEAD]
+    if command == "surgery":  # the surgery arm and its ablations (segment and factorize come along)
+        return list(surgery_arms(cfg))
+    if command == "surgery-head":
+        return [SURGERY_HEAD] if cfg.arms.surgery_head else []
     if command in ("embed", "probe"):
         # Arms that need no training, plus trained arms that already finished: `probe` never
         # starts an expensive training run as a side effect.
@@ -135,5 +169,5 @@ def run_command(cfg: PipelineConfig, command: str, force: bool = False) -> int:
         print(f"report: {write_report(run_dir, folders['compare'], stage_dirs=folders)}")
     if command == "demo":
         print(f"\ndemo finished: open {run_dir / 'report' / 'index.html'} in a browser "
-              "(also report/summary.json, report/summary.md, plots/*.png). Surgery and surgery-head are not built yet.")
+              "(also report/summary.json, report/summary.md, plots/*.png).")
     return 0

@@ -22,12 +22,32 @@ SEGMENT, FACTORIZE = "segment", "factorize"
 
 
 def segment_reads() -> list[str]:
-    return ["segment", "data.max_bad_fraction"]
+    return ["segment", "data.max_bad_fraction", "factors.splits"]
 
 
 def factorize_reads() -> list[str]:
     # the motion_aux targets of the factor clips use the motion stage's flow settings
-    return ["factors", "motion.backend", "motion.num_pairs", "motion.max_side", "data.max_bad_fraction"]
+    return ["factors", "motion.backend", "motion.num_pairs", "motion.max_side", "data.max_bad_fraction",
+            "segment.in_run"]
+
+
+def processed_splits(cfg: PipelineConfig) -> set[str] | None:
+    """The splits whose clips segment and factorize process (``factors.splits``); None = every clip.
+
+    Unset, it is every split when the run executes the stages for their own sake (``segment.in_run``)
+    and the train split alone when they run only as the surgery arms' input: those train on train
+    factor clips and pick their best checkpoint on raw val clips.
+    """
+    f = cfg.factors.splits
+    if f is not None:
+        return set(f)
+    return None if cfg.segment.in_run else {"train"}
+
+
+def _clips_to_process(cfg: PipelineConfig, run_dir: Path) -> tuple[list, dict[str, str]]:
+    clips, splits = load_run_clips(run_dir)
+    wanted = processed_splits(cfg)
+    return ([c for c in clips if splits.get(c.clip_id) in wanted] if wanted is not None else clips), splits
 
 
 def check_segment_backend(cfg: PipelineConfig) -> None:
@@ -97,7 +117,7 @@ def run_segment(ctx: StageContext) -> StageResult:
     )
 
     cfg = ctx.cfg
-    clips, _ = load_run_clips(ctx.run_dir)
+    clips, _ = _clips_to_process(cfg, ctx.run_dir)
     samp = sampling(cfg)
     base = _truth_base(cfg, ctx.run_dir)
     items = []
@@ -125,7 +145,7 @@ def run_factorize(ctx: StageContext) -> StageResult:
     from vjepa_adapt.segmentation.stage import masks_path, read_clip_frames
 
     cfg, f, m = ctx.cfg, ctx.cfg.factors, ctx.cfg.motion
-    clips, splits = load_run_clips(ctx.run_dir)
+    clips, splits = _clips_to_process(cfg, ctx.run_dir)
     seg_dir = ctx.path_of(SEGMENT)
     samp = sampling(cfg)
     items = [FactorItem(

@@ -2,13 +2,22 @@
 
 What differs between arms is data in ``TrainConfig`` (mode, teacher rule, stages, λ), not code:
 one arm = one resolved ``TrainConfig`` (``TrainConfig.for_arm``: its ``l2_anchor`` holds that
-arm's single λ; SPD's λ is ``spd``). The predictor's mask token is the one the weights were trained
-with, carried by the model (``models.vjepa.predictor_mask_index``).
-Read top to bottom: set up → resume → for each step: stage, schedules, forward, backward,
+arm's single λ; SPD's λ is ``spd``; the surgery arms' recipe is resolved into the same fields by
+``stages.surgery.surgery_train_config``). The predictor's mask token is the one the weights were
+trained with, carried by the model (``models.vjepa.predictor_mask_index``).
+Read top to bottom: set up → resume → data → for each step: stage, schedules, forward, backward,
 optimizer, regularisers, EMA, log, eval, checkpoint → export.
 
 Every schedule is a function of ``step``; the batch of a step (clips, augmentation, masks) is a
 function of (seed, step) too (see ``data/loader.py``), so resume restores state and continues.
+
+Stages (``train.stages``, progressive prefix unfreezing): the stage of a step sets what trains
+(``set_stage_trainable``: ceil(fraction × depth) leading blocks, see ``optim.prefix_blocks``), the
+data mixture of its batches (``MixtureBatchSampler``: raw replay and factor streams per batch share)
+and the lr, which re-warms at every stage start (``schedules.staged_warmup_cosine``). Optimizer
+groups hold every parameter from step 0; torch's AdamW creates a parameter's state at its first
+gradient, so a block unfrozen late starts with fresh moments (and its own bias correction) exactly
+when its stage's warmup keeps the lr small, while parameters already training keep theirs.
 
 Several ranks (DDP): every rank runs every micro-batch's forward/backward, so the gradient
 all-reduces always match. A rank whose micro-batch has no readable clip runs a zero-weighted
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -37,13 +47,16 @@ from vjepa_adapt.data.clips import Clip
 from vjepa_adapt.data.loader import (
     AuxTargets,
     ClipDataset,
+    MixtureBatchSampler,
+    MixtureDataset,
     StepBatchSampler,
+    Stream,
     batch_to_device,
     build_eval_loader,
     build_train_loader,
 )
-from vjepa_adapt.errors import NotBuiltError, UserError
-from vjepa_adapt.masking import MaskSpec, MultiblockMasker
+from vjepa_adapt.errors import UserError
+from vjepa_adapt.masking import MaskSpec, MultiblockMasker, TokenFlow
 from vjepa_adapt.models.heads import MotionAuxHead
 from vjepa_adapt.models.vjepa import (
     autocast_context,
@@ -58,7 +71,14 @@ from vjepa_adapt.models.vjepa import (
 from vjepa_adapt.progress import MetricsLog, get_logger, progress
 from vjepa_adapt.train import checkpoint as ckpt
 from vjepa_adapt.train.losses import IGNORE_LABEL, jepa_loss, motion_aux_loss
-from vjepa_adapt.train.optim import apply_schedule, build_param_groups, freeze_module, set_encoder_trainable
+from vjepa_adapt.train.optim import (
+    apply_schedule,
+    build_param_groups,
+    freeze_module,
+    prefix_blocks,
+    set_encoder_trainable,
+    trainable_summary,
+)
 from vjepa_adapt.train.regularizers import (
     SPD,
     add_l2_anchor_grad_,
@@ -67,7 +87,7 @@ from vjepa_adapt.train.regularizers import (
     relative_drift,
     snapshot,
 )
-from vjepa_adapt.train.schedules import ema_momentum, warmup_cosine
+from vjepa_adapt.train.schedules import ema_momentum, staged_warmup_cosine
 
 log = get_logger("train")
 
@@ -155,14 +175,31 @@ def _accuracy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 # Which parameters train: a function of the mode and the current stage.
 
 
+def stages_of(tcfg: TrainConfig) -> list[Stage]:
+    """The run's stages; without ``train.stages``, one stage of all steps (warmup ``train.warmup_steps``)."""
+    return tcfg.stages or [Stage(name="all", steps=tcfg.steps, warmup_steps=tcfg.warmup_steps)]
+
+
 def stage_at(step: int, tcfg: TrainConfig) -> Stage:
-    stages = tcfg.stages or [Stage(name="all", steps=tcfg.steps)]
+    stages = stages_of(tcfg)
     end = 0
     for s in stages:
         end += s.steps
         if step < end:
             return s
     return stages[-1]
+
+
+def stage_ends(tcfg: TrainConfig) -> list[int]:
+    """The step count at which each stage is done (its last step + 1)."""
+    return list(itertools.accumulate(s.steps for s in stages_of(tcfg)))
+
+
+def stage_lr(step: int, tcfg: TrainConfig) -> float:
+    """The lr of ``step``: warmup then cosine to ``final_lr`` within each stage (re-warmed at its start)."""
+    plan = [(s.steps, min(tcfg.warmup_steps, s.steps) if s.warmup_steps is None else s.warmup_steps)
+            for s in stages_of(tcfg)]
+    return staged_warmup_cosine(step, plan, tcfg.lr, final=tcfg.final_lr)
 
 
 def set_stage_trainable(student: Student, tcfg: TrainConfig, stage: Stage) -> None:
@@ -172,13 +209,27 @@ def set_stage_trainable(student: Student, tcfg: TrainConfig, stage: Stage) -> No
         freeze_module(student.encoder)
         freeze_module(student.predictor)
         return
-    if tcfg.stages:  # progressive prefix unfreezing: blocks [0, fraction × depth) train
-        prefix = round(stage.unfreeze_fraction * len(student.encoder.layer))
+    if tcfg.stages:  # progressive prefix unfreezing: the first ceil(fraction × depth) blocks train
+        prefix = prefix_blocks(stage.unfreeze_fraction, len(student.encoder.layer))
         set_encoder_trainable(student.encoder, train_below=prefix, keep_norms_trainable=False)
     else:  # optional freezing below a block; norms stay trainable (SPEC Ch 10 step 8)
         set_encoder_trainable(student.encoder, freeze_below=tcfg.freeze_below or None)
     for p in student.predictor.parameters():
         p.requires_grad_(True)
+
+
+def describe_stage(student: Student, tcfg: TrainConfig, stage: Stage, step: int) -> str:
+    """The stage's log line: its steps, what trains (read back from requires_grad), its data."""
+    i = stages_of(tcfg).index(stage)
+    end = stage_ends(tcfg)[i]
+    parts = [trainable_summary(student.encoder)]
+    for name, module in (("predictor", student.predictor), ("head", student.head)):
+        if module is not None:
+            parts.append(f"{name} {'trains' if any(p.requires_grad for p in module.parameters()) else 'frozen'}")
+    mix = ", ".join(f"{k} {v:.0%}" for k, v in stage.mixture.items() if v > 0)
+    n = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    return (f"step {step}: stage {stage.name!r} ({i + 1}/{len(stages_of(tcfg))}, steps {step}-{end - 1}): "
+            f"{'; '.join(parts)}; data {mix}; {n:,} trainable parameters")
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,11 +251,12 @@ def micro_batch_weights(have: list[bool], ranks_with_data: list[int], world_size
     return out
 
 
-def _stand_in(data: DataConfig, masker: MultiblockMasker | None, aux: AuxTargets | None, step: int) -> dict[str, Any]:
+def _stand_in(data: DataConfig, masker: MultiblockMasker | None, aux: AuxTargets | None, step: int,
+              flow: TokenFlow | None = None) -> dict[str, Any]:
     """A one-clip batch of zeros (label ignored) for a rank with nothing readable; its loss is weighted 0."""
     batch: dict[str, Any] = {"video": torch.zeros(1, data.num_frames, 3, data.size, data.size)}
-    if masker is not None:
-        batch["masks"] = masker(1, step)
+    if masker is not None:  # (MGMAE: the zero clip does not move)
+        batch["masks"] = masker(1, step, flow_tokens=torch.zeros(1, *flow.grid, 2)) if flow else masker(1, step)
     if aux is not None:
         dims = len(next(iter(aux.reg.values())))
         batch["label"], batch["reg"] = torch.full((1,), IGNORE_LABEL), torch.zeros(1, dims)
@@ -229,6 +281,7 @@ def train(
     device: str = "cpu",
     dtype: str = "fp32",
     num_workers: int = 0,
+    streams: dict[str, Stream] | None = None,
 ) -> TrainResult:
     """Train one arm: ``model`` (+ ``head``) per ``tcfg`` on ``train_clips``; checkpoints and exports go to ``out_dir``.
 
@@ -236,6 +289,9 @@ def train(
     L2 anchor to the initial encoder weights, ``tcfg.spd`` λ of selective projection decay (0 = off).
     ``seed`` (``run.seed``) keys the data stream and the masks. The predictor mask token is the one
     ``model.config`` records (see ``models.vjepa.predictor_mask_index``).
+    ``streams``: the factor streams (``layout``, ``agent``, ``interaction``) that ``tcfg.stages``
+    mixtures name; the raw stream is ``train_clips`` with ``aux``. Validation stays on raw
+    ``val_clips`` (the yardstick is how the encoder sees raw clips).
     Exports ``out_dir/best`` (best val score) and ``out_dir/final``: ``encoder/`` (HF format) and
     ``head.safetensors``.
     """
@@ -246,13 +302,15 @@ def train(
     if d.enabled and not dist.initialized():
         raise TrainingError(f"WORLD_SIZE={d.world_size} but no process group: call vjepa_adapt.dist.init() first "
                             "(the vjepa-adapt command does under torchrun)")
-    if masking.kind == "motion_guided" and tcfg.mode == "jepa":
-        raise NotBuiltError("masking.kind=motion_guided needs per-clip flow in the training stream, which arrives "
-                            "with the surgery stage; the MGMAE sampler itself is in masking.py")
-    for s in tcfg.stages or []:
-        if set(s.mixture) != {"raw"}:
-            raise NotBuiltError(f"train.stages[{s.name}]: factor streams {sorted(s.mixture)} need the surgery "
-                                "stage (segment/factorize), which is not built yet")
+    all_streams = {"raw": Stream(list(train_clips), aux), **(streams or {})}
+    mixed = any(s.mixture != {"raw": 1.0} for s in stages_of(tcfg))  # else: the one raw stream, as always
+    for s in stages_of(tcfg):
+        for name, share in s.mixture.items():
+            if share > 0 and not all_streams.get(name, Stream([])).clips:
+                raise UserError(f"train.stages[{s.name}]: stream {name!r} has {share:.0%} of the mixture but no "
+                                "clips (factor streams come from the factorize stage)")
+    if mixed and any((st.aux is None) != (aux is None) for st in all_streams.values()):
+        raise UserError("every data stream needs motion_aux targets, or none does")
 
     # -- set up: student, teacher, head, anchors θ₀, optimizer over ALL parameters ---------------
     model = model.to(dev)
@@ -296,19 +354,33 @@ def train(
         history = list(state.get("history", []))
         log.info(f"resumed from {found} at step {step}")
 
-    # -- data: step → batch ---------------------------------------------------------------------
+    # -- data: step → batch (stream mixture per stage; masks, MGMAE flow in the collate) ---------
     grid = token_grid(model.config, data.num_frames)
-    masker = None
+    masker, flow = None, None
     if tcfg.mode == "jepa":
         specs = tuple(MaskSpec(g.num_blocks, g.spatial_scale, tuple(g.aspect_ratio)) for g in masking.generators)
         masker = MultiblockMasker(grid=grid, specs=specs, seed=seed * 1009 + d.rank)  # each rank its own masks
-    train_set = ClipDataset(train_clips, num_frames=data.num_frames, size=data.size, seed=seed, train=True,
-                            flip_prob=data.flip_prob, crop_scale=data.crop_scale, crop_ratio=data.crop_ratio,
-                            aux=aux, fps_stride=data.fps_stride)
-    sampler = StepBatchSampler(len(train_set), micro, seed, start_step=step * tcfg.grad_accum,
-                               total_steps=tcfg.steps * tcfg.grad_accum, rank=d.rank, world_size=d.world_size)
+        if masking.kind == "motion_guided":  # MGMAE: each sample's flow, made in the decode worker
+            flow = TokenFlow(grid, model.config.tubelet_size, masking.flow_backend, masking.flow_max_side)
+
+    def clip_set(st: Stream, train: bool) -> ClipDataset:
+        return ClipDataset(st.clips, num_frames=data.num_frames, size=data.size, seed=seed, train=train,
+                           flip_prob=data.flip_prob, crop_scale=data.crop_scale, crop_ratio=data.crop_ratio,
+                           aux=st.aux, fps_stride=data.fps_stride, read=st.read, flow=flow)
+
+    start, total = step * tcfg.grad_accum, tcfg.steps * tcfg.grad_accum  # sampler steps are micro-batches
+    if mixed:
+        names = sorted({n for s in stages_of(tcfg) for n, share in s.mixture.items() if share > 0})
+        train_set = MixtureDataset({n: clip_set(all_streams[n], train=True) for n in names}, seed=seed)
+        sampler = MixtureBatchSampler({n: len(train_set.streams[n]) for n in names},
+                                      [(s.steps * tcfg.grad_accum, s.mixture) for s in stages_of(tcfg)], micro, seed,
+                                      start_step=start, total_steps=total, rank=d.rank, world_size=d.world_size)
+    else:
+        train_set = clip_set(all_streams["raw"], train=True)
+        sampler = StepBatchSampler(len(train_set), micro, seed, start_step=start, total_steps=total, rank=d.rank,
+                                   world_size=d.world_size)
     batches = iter(build_train_loader(train_set, sampler, masker, num_workers))
-    val_set = ClipDataset(val_clips, num_frames=data.num_frames, size=data.size, seed=seed, train=False, aux=aux)
+    val_set = clip_set(Stream(list(val_clips), aux), train=False)
     probe_set = ClipDataset(train_clips[:256], num_frames=data.num_frames, size=data.size, seed=seed, train=False,
                             aux=aux)
     skipped: list[tuple[str, str]] = []
@@ -318,21 +390,21 @@ def train(
     # only rank 0 writes; rows of steps after the resumed one (a crash after its checkpoint) are dropped
     metrics = MetricsLog(out_dir, enabled=d.is_main, start_step=step)
     current_stage: Stage | None = None
+    ends = stage_ends(tcfg)
     wrapped: nn.Module = student
     t_data = t_step = 0.0
     for step in progress(range(step, tcfg.steps), desc=f"train[{out_dir.name}]", total=tcfg.steps - step):
         # -- stage: what trains now (progressive unfreezing is data, see train.stages) --------
         stage = stage_at(step, tcfg)
-        if stage != current_stage:
+        if stage != current_stage:  # (stage names are unique: equal stages are the same stage)
             set_stage_trainable(student, tcfg, stage)
-            # DDP fixes its parameter set: re-wrap per stage
+            # DDP fixes its parameter set: re-wrap per stage (every rank takes this branch at the same step)
             wrapped = dist.wrap_ddp(student, dev, find_unused_parameters=head_unused)
             current_stage = stage
-            log.info(f"step {step}: stage {stage.name!r}, "
-                     f"{sum(p.numel() for p in student.parameters() if p.requires_grad):,} trainable parameters")
+            log.info(describe_stage(student, tcfg, stage, step))
 
-        # -- schedules: functions of step ---------------------------------------------------------
-        lr = warmup_cosine(step, tcfg.steps, tcfg.warmup_steps, tcfg.lr, final=tcfg.final_lr)
+        # -- schedules: functions of step (the lr re-warms at every stage start) -------------------
+        lr = stage_lr(step, tcfg)
         apply_schedule(opt, lr=lr, wd=tcfg.weight_decay)
         tau = ema_momentum(step, tcfg.steps, *tcfg.ema_momentum)
 
@@ -354,7 +426,7 @@ def train(
         for i in runs:
             batch, weight = micro_batches[i], weights[i]
             if weight == 0.0:
-                batch = _stand_in(data, masker, aux, step * tcfg.grad_accum + i)
+                batch = _stand_in(data, masker, aux, step * tcfg.grad_accum + i, flow)
             with dist.no_sync(wrapped) if i != runs[-1] else contextlib.nullcontext():
                 _, _, out = _forward(wrapped, teacher, batch, tcfg.motion_aux_weight, dev, dtype)
                 loss = out["loss"] if weight == 1.0 else out["loss"] * weight
@@ -375,7 +447,7 @@ def train(
             )
 
         # -- optimizer step, regularisers, EMA teacher (not when no rank had a readable clip) ------
-        row: dict[str, Any] = {"step": step + 1, "lr": lr, "tau": tau}
+        row: dict[str, Any] = {"step": step + 1, "stage": stage.name, "lr": lr, "tau": tau}
         sums: dict[str, torch.Tensor] = {}  # float64 sums give exactly the floats of per-value float() calls
         for out in outs:
             for k, v in out.items():
@@ -407,6 +479,8 @@ def train(
         # -- log, eval, checkpoint (cadence: functions of step) ------------------------------------
         done = step + 1
         row.update(data_wait_s=t_data, compute_s=t_step)
+        if tcfg.stages and done in ends:  # a stage's end: how far each block moved (0 above the prefix)
+            row["drift_blocks"] = _per_block_drift(student.encoder, anchors)
         if done % tcfg.eval_every == 0 or done == tcfg.steps:
             ev = evaluate(student, teacher, val_set, probe_set, masker, tcfg, anchors, dev, dtype)
             row.update(ev)

@@ -8,6 +8,7 @@ decay), so ``set_encoder_trainable`` clears the grads of everything it freezes.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Iterable, Sequence
 
@@ -99,7 +100,8 @@ def set_encoder_trainable(
     - freeze_below=N (pretrain's optional freezing): embeddings and blocks [0, N) frozen, the
       rest trainable.
     - train_below=N (surgery's prefix unfreezing): embeddings and blocks [0, N) trainable, later
-      blocks and anything else (the final norm) frozen; N = 0 freezes the whole encoder.
+      blocks frozen; anything outside the blocks and embeddings (the final norm) trains only when
+      N is the whole depth (the encoder trains whole); N = 0 freezes the whole encoder.
     Norm parameters (name containing "norm") stay trainable when ``keep_norms_trainable``;
     pass False for head-only arms ("norms too"). Frozen parameters get ``grad = None`` so the
     optimizer skips them. Returns counts: trainable_params, frozen_params, trainable_tensors,
@@ -131,7 +133,8 @@ def set_encoder_trainable(
             # Embeddings go with block 0: frozen by any freeze_below >= 1, trained by any
             # train_below >= 1, so N = 0 means "no prefix" in both modes.
             idx = 0 if id(p) in emb_ids else block_of.get(id(p))
-            in_prefix = idx is not None and idx < cut
+            # outside every block (the final norm): in the prefix only when the prefix is everything
+            in_prefix = idx < cut if idx is not None else (train_below is not None and cut == n_blocks)
             if freeze_below is not None:
                 trainable = not in_prefix
             else:
@@ -145,6 +148,42 @@ def set_encoder_trainable(
         counts[f"{kind}_params"] += p.numel()
         counts[f"{kind}_tensors"] += 1
     return counts
+
+
+def prefix_blocks(fraction: float, depth: int) -> int:
+    """How many leading blocks a stage's ``unfreeze_fraction`` trains: ceil(fraction × depth).
+
+    A fraction is a share of the blocks, rounded up so any fraction > 0 trains at least one block:
+    0.25 of 40 = 10 blocks (0–9), 0.3 of 6 = 2, 0 = none, 1 = all. A hair of slack absorbs float
+    error (0.7 × 10 is 7.000000000000001 in floats, and must stay 7).
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"unfreeze fraction must be in [0, 1], got {fraction}")
+    return min(depth, max(0, math.ceil(fraction * depth - 1e-9)))
+
+
+def trainable_summary(encoder: nn.Module, layers_attr: str = "layer", embeddings_attr: str = "embeddings") -> str:
+    """What of the encoder trains now, in words: 'blocks 0-9 of 40 + embeddings (final norm frozen)'."""
+    layers = getattr(encoder, layers_attr)
+    blocks = [i for i, b in enumerate(layers) if any(p.requires_grad for p in b.parameters())]
+    emb = getattr(encoder, embeddings_attr, None)
+    emb_params = list(emb.parameters()) if isinstance(emb, nn.Module) else []
+    emb_on = any(p.requires_grad for p in emb_params)
+    inside = {id(p) for b in layers for p in b.parameters()} | {id(p) for p in emb_params}
+    rest_on = any(p.requires_grad for p in encoder.parameters() if id(p) not in inside)
+    if not blocks and not emb_on and not rest_on:
+        return f"encoder frozen (0 of {len(layers)} blocks)"
+    runs, start = [], None
+    for i in range(len(layers) + 1):  # consecutive block indices as "a-b" runs
+        on = i in blocks
+        if on and start is None:
+            start = i
+        if not on and start is not None:
+            runs.append(f"{start}-{i - 1}" if i - 1 > start else f"{start}")
+            start = None
+    text = f"blocks {', '.join(runs) or 'none'} of {len(layers)}"
+    text += " + embeddings" if emb_on else ""
+    return text + (" + final norm" if rest_on else " (final norm frozen)")
 
 
 def freeze_module(module: nn.Module) -> int:

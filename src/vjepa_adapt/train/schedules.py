@@ -7,6 +7,7 @@ Steps past the end hold the final value.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 
 def _check_steps(total_steps: int, warmup_steps: int = 0) -> None:
@@ -32,6 +33,28 @@ def warmup_cosine(
         return base if step < total_steps else final
     progress = min((step - warmup_steps) / decay_steps, 1.0)
     return final + (base - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def staged_warmup_cosine(
+    step: int,
+    stages: Sequence[tuple[int, int]],
+    base: float,
+    final: float = 0.0,
+) -> float:
+    """Warmup + cosine restarted at every stage: ``stages`` = [(steps, warmup_steps), ...] in order.
+
+    Within stage k (starting at the sum of the earlier stages' steps) the lr is
+    ``warmup_cosine(step - start_k, steps_k, warmup_k, base, final)``: it re-warms from 0, so a block
+    unfrozen at a stage boundary starts on a small lr while its fresh Adam moments fill, and
+    reaches ``base`` rather than the tail of a run-long decay. One stage of all steps is plain
+    ``warmup_cosine``. Past the last stage: ``final``.
+    """
+    start = 0
+    for steps, warmup in stages:
+        if step < start + steps:
+            return warmup_cosine(step - start, steps, warmup, base, final=final)
+        start += steps
+    return final
 
 
 def linear(step: int, total_steps: int, start: float, end: float) -> float:

@@ -12,7 +12,12 @@ from vjepa_adapt.world.agents import _SPEED_FACTOR, _build_agents
 from vjepa_adapt.world.camera import _build_camera
 from vjepa_adapt.world.geometry import ClipPlan, _Geometry, _make_geometry, _Thing
 from vjepa_adapt.world.layout import _build_layout, _Layout
-from vjepa_adapt.world.style import DIRECTION_VECTOR, _style_code
+from vjepa_adapt.world.style import (
+    _STYLE,
+    DIRECTION_VECTOR,
+    DUSK_NOISE_GAIN,
+    _style_code,
+)
 from vjepa_adapt.world.truth import Truth, extract_tracks, find_interactions
 
 
@@ -125,6 +130,11 @@ def render_clip(
     agent_info["speed_factor"] = factor
     agent_info["speed_px"] = agent_info["planned_speed_px"] * factor
     frames, labels = _render(layout, things, affines, geo)
+    noise = _STYLE[plan.style].sensor_noise * (DUSK_NOISE_GAIN if layout.lighting == "dusk" else 1.0)
+    if noise > 0:
+        # its own stream, so the clip's layout, agents and camera are the same with or without noise
+        noise_rng = np.random.default_rng([seed, code, plan.video_index, 2000 + plan.clip_index])
+        frames = np.clip(frames + noise_rng.normal(0.0, noise, frames.shape), 0, 255).astype(np.uint8)
 
     # Keep only objects seen in some frame; number them 1..N in that order.
     seen = np.zeros(len(things) + 1, bool)
@@ -152,6 +162,7 @@ def render_clip(
     moving_cov = float(np.isin(instance_map, np.flatnonzero(is_agent) + 1).mean()) if len(keep) else 0.0
     meta = {
         "tier": plan.tier, "direction": plan.direction, "lighting": layout.lighting, "camera": cam_info,
+        "sensor_noise": round(noise, 3),
         "width": width, "height": height, "num_frames": num_frames, "fps": fps, "seed": seed,
         "video_index": plan.video_index, "clip_index": plan.clip_index,
         "moving_coverage": round(moving_cov, 5), "interaction_distance": interaction_distance,

@@ -69,6 +69,12 @@ class _StyleParams:
     # side-on flow also spreads further around each vehicle). Up/down clips carry this much more
     # moving area so their foreground flow lands in the same tier; measured with Farnebaeck.
     vertical_coverage_gain: float = 1.0
+    # Sensor noise of the footage: per-pixel Gaussian sigma (0-255 scale) added to every frame,
+    # x DUSK_NOISE_GAIN at dusk (phone footage in low light). 0 = clean.
+    sensor_noise: float = 0.0
+
+
+DUSK_NOISE_GAIN = 1.6
 
 
 _STYLE = {
