@@ -19,7 +19,12 @@ Sections (each row: figure, value, unit, and a ratio with what it is a ratio to)
   segment/factorize read only when the Ch 11 stages run on this checkout);
 * engines: the motion stage on Ray (a local Ray in this process, 2 CPUs; cold = first run with
   worker start-up, warm = again with the workers up) vs in-process, the same clips and bytes;
-* ranks: the embed stage sharded over 2 gloo ranks (1 torch thread each) vs 1 rank (1 thread).
+* ranks: the embed stage sharded over 2 gloo ranks (1 torch thread each) vs 1 rank (1 thread); and
+  training (the trainer on the demo's tiny preset, DDP) on 2 gloo ranks vs 1 rank with the same global
+  batch (``train.global_batch_size``: 1 rank accumulates 2 micro-batches where 2 ranks run 1 each),
+  clips/s over the steps (set-up, eval and export excluded), and how far the two runs' weights are apart.
+  On a 2-core machine shared with other jobs the 2 ranks compete for the same cores (and gloo's
+  all-reduce runs on them too), so expect a ratio at or below 1 there; it measures overhead, not scaling.
 
 The CPU is whatever runs this: on a machine shared with other jobs the load average is printed and
 every figure is "measured under load"; compare rows of one run, not runs. bench_checkpoint.py
@@ -34,7 +39,6 @@ import logging
 import os
 import platform
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -254,6 +258,66 @@ def ranks(t: Table, root: Path, quick: bool) -> None:
     t.add("ranks", "2-rank features.npz arrays == 1-rank", float(same), "bool")
 
 
+TRAIN_STEPS = {True: 3, False: 8}  # quick / full
+
+
+def _train_run(manifest: str, out: str, steps: int) -> tuple[float, dict[str, torch.Tensor]]:
+    """The trainer on the tiny preset, global batch 8 whatever the ranks: (clips/s of rank 0's steps, weights)."""
+    from vjepa_adapt import dist
+    from vjepa_adapt.config import DataConfig, MaskingConfig, TrainConfig
+    from vjepa_adapt.data.clips import load_clips
+    from vjepa_adapt.models.vjepa import build_model
+    from vjepa_adapt.train.loop import train
+
+    clips = load_clips(manifest)
+    torch.manual_seed(0)
+    model = build_model("tiny", crop_size=64, frames_per_clip=16, patch_size=16)
+    tcfg = TrainConfig(steps=steps, batch_size=4, global_batch_size=8, lr=1e-4, warmup_steps=1, eval_every=steps,
+                       checkpoint_every=steps, motion_aux_weight=0.0)
+    res = train(tcfg=tcfg, data=DataConfig(num_frames=16, size=64), masking=MaskingConfig(), model=model, head=None,
+                train_clips=clips[:-4], val_clips=clips[-4:], aux=None, out_dir=out, seed=0)
+    last = res.history[-1]
+    rate = steps * 8 / (last["data_wait_s"] + last["compute_s"])
+    return rate, {k: v.detach().clone() for k, v in dist.gather_full(model.state_dict()).items()}
+
+
+def _train_rank_main(rank: int, world: int, port: int, manifest: str, out: str, steps: int) -> None:  # one rank
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), VJEPA_ADAPT_QUIET="1")
+    torch.set_num_threads(1)
+    logging.getLogger("vjepa_adapt").setLevel(logging.WARNING)
+    from vjepa_adapt import dist
+
+    dist.init("cpu")
+    try:
+        rate, weights = _train_run(manifest, out, steps)
+        if rank == 0:
+            torch.save({"rate": rate, "weights": weights}, Path(out) / "bench_rank0.pt")
+    finally:
+        dist.shutdown()
+
+
+def train_ranks(t: Table, root: Path, quick: bool) -> None:
+    import torch.multiprocessing as mp
+
+    manifest, steps = _world(root, 32 if quick else 128), TRAIN_STEPS[quick]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r1, w1 = _train_run(str(manifest), str(root / "train_rank1"), steps)
+    finally:
+        torch.set_num_threads(threads)
+    out2 = root / "train_rank2"
+    mp.spawn(_train_rank_main, args=(2, _free_port(), str(manifest), str(out2), steps), nprocs=2, join=True)
+    got = torch.load(out2 / "bench_rank0.pt", weights_only=True)
+    r2, w2 = got["rate"], got["weights"]
+    t.add("ranks", "train tiny preset 64px, 1 rank x 1 thread (global 8 = 4 x 2 accum)", r1, "clips/s")
+    t.add("ranks", "train tiny preset 64px, 2 gloo ranks x 1 thread (global 8 = 4 x 2 ranks)", r2, "clips/s",
+          r2 / r1, "1 rank", note="2 shared cores: the ranks compete for them, expect <= 1")
+    t.add("ranks", f"train 2-rank vs 1-rank weights after {steps} steps, max |diff|",
+          max(float((w1[k] - w2[k]).abs().max()) for k in w1), "")
+
+
 def _npz_members(path: Path) -> dict[str, bytes]:
     import zipfile
 
@@ -284,7 +348,8 @@ def main() -> None:
                          ("data", lambda: data_vs_train(t, root, args.quick)),
                          ("embed", lambda: embed_vs_bare(t, root, args.quick)),
                          ("stages", lambda: stages_and_engines(t, root, args.quick)),
-                         ("ranks", lambda: ranks(t, root, args.quick))):
+                         ("ranks", lambda: ranks(t, root, args.quick)),
+                         ("train_ranks", lambda: train_ranks(t, root, args.quick))):
             s0 = time.perf_counter()
             fn()
             seconds[name] = round(time.perf_counter() - s0, 1)

@@ -30,10 +30,10 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from vjepa_adapt.data.clips import Clip, load_clips
-from vjepa_adapt.world import generate_world
+from vjepa_adapt.data.loader import ClipDataset
 from vjepa_adapt.evaluate.embed import embed_clips
 from vjepa_adapt.models.vjepa import autocast_context, build_model, encode_full
-from vjepa_adapt.data.loader import ClipDataset
+from vjepa_adapt.world import generate_world
 
 FRAMES = 16
 
@@ -132,7 +132,7 @@ def main() -> None:
     print(f"tiny encoder, patch 16, {FRAMES} frames, {args.dtype}, batch {args.batch}, chunk {args.chunk}; clips/s "
           f"(decode: one process, no model; bare: encode_full on pre-decoded tensors; bound: best embed/bare "
           f"when each chunk's first batch is decoded with the encoder idle)")
-    cols = " ".join(f"{f'embed w{w}':>9} {f'/bare':>6}" for w in args.workers)
+    cols = " ".join(f"{f'embed w{w}':>9} {'/bare':>6}" for w in args.workers)
     print(f"{'crop':>4} {'clips':>5} {'th':>2} {'decode':>7} {'bare':>7} {'bound':>5} {cols}")
     for r in rows:
         cells = " ".join(f"{r['embed'][w]:>9.1f} {r['embed'][w] / r['bare']:>6.2f}" for w in args.workers)

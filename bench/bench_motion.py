@@ -14,7 +14,11 @@ import time
 import cv2
 import numpy as np
 
-from vjepa_adapt.motion import extract_motion_features, features_from_flows, select_pair_indices
+from vjepa_adapt.motion import (
+    extract_motion_features,
+    features_from_flows,
+    select_pair_indices,
+)
 from vjepa_adapt.motion.flow import compute_flow_batch
 
 

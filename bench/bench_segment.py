@@ -22,7 +22,6 @@ from pathlib import Path
 import cv2
 
 from vjepa_adapt import storage
-from vjepa_adapt.world import generate_world
 from vjepa_adapt.factors import (
     FactorParams,
     build_factor_frames,
@@ -33,6 +32,7 @@ from vjepa_adapt.factors import (
 from vjepa_adapt.segmentation.classical import ClassicalSegmenter
 from vjepa_adapt.segmentation.clip import TrackParams, segment_clip
 from vjepa_adapt.segmentation.stage import Sampling, read_clip_frames
+from vjepa_adapt.world import generate_world
 
 
 def main() -> None:

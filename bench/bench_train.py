@@ -52,10 +52,10 @@ from bench_model import _layer_flops, matmul_peak_gflops  # noqa: E402  (bench/ 
 
 from vjepa_adapt.config import DataConfig, MaskingConfig, TrainConfig  # noqa: E402
 from vjepa_adapt.data.clips import Clip, load_clips  # noqa: E402
-from vjepa_adapt.world import generate_world  # noqa: E402
 from vjepa_adapt.masking import MaskSpec, MultiblockMasker  # noqa: E402
 from vjepa_adapt.models.vjepa import build_model, teacher_targets, token_grid  # noqa: E402
 from vjepa_adapt.train import loop  # noqa: E402
+from vjepa_adapt.world import generate_world  # noqa: E402
 
 FRAMES = 16
 

@@ -29,4 +29,8 @@ def test_bench_all_quick_writes_every_section(tmp_path):
     assert step["ratio_to"] == "fp32 peak" and abs(step["ratio"] - step["value"] / peak["fp32"]) < 1e-9
     same = [r["value"] for r in res["rows"] if r["unit"] == "bool"]
     assert same and all(v == 1.0 for v in same)  # Ray and 2-rank outputs equal the in-process ones
+    train2 = next(r for r in res["rows"] if r["figure"].startswith("train tiny preset 64px, 2 gloo ranks"))
+    assert train2["value"] > 0 and train2["ratio_to"] == "1 rank" and train2["ratio"] > 0
+    apart = next(r for r in res["rows"] if r["figure"].startswith("train 2-rank vs 1-rank weights"))
+    assert apart["value"] < 1e-4  # the same global batch trains the same weights on 2 ranks and on 1
     assert "| section | figure |" in proc.stdout and res["machine"]["cpus"] == os.cpu_count()

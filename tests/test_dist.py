@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from conftest import write_video
 from test_train import DATA, MASKING, TINY, _aux, _moving_square
+
 from vjepa_adapt.config import Stage, TrainConfig
 from vjepa_adapt.data.clips import Clip
 
@@ -169,9 +169,11 @@ def test_failed_init_is_not_swallowed(monkeypatch):
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_pretrain_end_to_end_on_cpu(tmp_path):
-    """`torchrun --nproc_per_node 2 -m vjepa_adapt pretrain ...` on CPU (gloo): data stages on rank 0,
-    the base and pretrain stages on both ranks (DDP), one set of outputs."""
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_two_ranks_pretrain_end_to_end_on_cpu(tmp_path, parallel):
+    """`torchrun --nproc_per_node 2 -m vjepa_adapt pretrain ...` on CPU (gloo): synth and clips on rank 0,
+    motion on both ranks (clip-parallel: each rank its share of the chunks, rank 0 merges), the base and
+    pretrain stages on both ranks (DDP; pretrain also FSDP), one set of outputs."""
     import subprocess
     import sys
 
@@ -179,7 +181,7 @@ def test_torchrun_two_ranks_pretrain_end_to_end_on_cpu(tmp_path):
 
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "vjepa_adapt", "pretrain", "--out", str(run), *SMOKE]
+           "-m", "vjepa_adapt", "pretrain", "--out", str(run), *SMOKE, f"train.parallel={parallel}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VJEPA_ADAPT_QUIET": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -187,7 +189,10 @@ def test_torchrun_two_ranks_pretrain_end_to_end_on_cpu(tmp_path):
         assert json.loads((run / stage / "stage.json").read_text())["status"] == "complete", stage
     rank1 = [line for line in proc.stderr.splitlines() if "[rank 1]" in line]
     assert sum("stage 'all'" in line for line in rank1) == 2  # rank 1 trained base and pretrain too ...
-    assert not any("motion: running" in line for line in rank1)  # ... and left the data stages to rank 0
+    assert any("motion: running" in line for line in rank1)  # ... ran its share of motion's chunks ...
+    assert not any(f"{stage}: running" in line for line in rank1 for stage in ("synth", "clips"))  # ... not these
+    if parallel == "fsdp":
+        assert any("FSDP" in line for line in rank1)
     rows = [json.loads(line) for line in (run / "pretrain" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]  # written once (rank 0)
     from vjepa_adapt.models.vjepa import load_model

@@ -8,16 +8,22 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_video
+
 from vjepa_adapt import storage
-from vjepa_adapt.config import DataConfig, MaskingConfig, MaskGenerator, Stage, TrainConfig
+from vjepa_adapt.config import (
+    DataConfig,
+    MaskGenerator,
+    MaskingConfig,
+    Stage,
+    TrainConfig,
+)
 from vjepa_adapt.data.clips import Clip
+from vjepa_adapt.data.loader import AuxTargets
 from vjepa_adapt.models.heads import MotionAuxHead
 from vjepa_adapt.models.vjepa import build_model
 from vjepa_adapt.train import checkpoint as ckpt
 from vjepa_adapt.train import loop
-from vjepa_adapt.data.loader import AuxTargets
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, pred_hidden_size=32,
             pred_num_hidden_layers=1, pred_num_attention_heads=2)
@@ -384,10 +390,11 @@ def test_resume_with_another_number_of_ranks_is_refused(tmp_path, clips):
     _run(tmp_path, clips, _tcfg(steps=2, eval_every=2, checkpoint_every=2, warmup_steps=0))
     path = tmp_path / "checkpoints" / "step-00000002.pt"
     state = ckpt.load_checkpoint(path)
-    assert state["data"] == {"sampler_position": 2 * 2 * 1, "world_size": 1}  # step × batch × ranks
-    state["data"] = {"sampler_position": 2 * 2 * 4, "world_size": 4}
+    # step × global batch (batch × accumulation × ranks)
+    assert state["data"] == {"sampler_position": 2 * 2 * 1, "world_size": 1, "global_batch": 2}
+    state["data"] = {"sampler_position": 2 * 2 * 4, "world_size": 4, "global_batch": 8}
     storage.save_torch(path, state)
-    with pytest.raises(loop.TrainingError, match="written with 4 ranks.*same number of ranks"):
+    with pytest.raises(loop.TrainingError, match="written with 4 ranks.*same number of ranks.*global_batch_size"):
         _run(tmp_path, clips, _tcfg(steps=2, eval_every=2, checkpoint_every=2, warmup_steps=0))
 
 
@@ -453,3 +460,63 @@ def test_checkpoints_stream_to_disk_without_a_copy_in_memory(tmp_path):
     assert peak < 4 * 2**20, f"{peak / 2**20:.1f} MiB of Python memory for a 36 MiB checkpoint"
     back = ckpt.load_checkpoint(tmp_path / "latest.pt")
     assert back["step"] == 1 and torch.equal(back["w"], state["w"]) and torch.equal(back["v"], state["v"])
+
+
+@pytest.mark.parametrize("aux_input", ["context", "clip"])
+def test_the_motion_aux_head_reads_what_aux_input_says(aux_input):
+    """'context': the mean of the student's context tokens over the mask generators; 'clip': the
+    student's tokens of the whole clip (the frozen-feature view the probe sees)."""
+    from vjepa_adapt.masking import MaskSpec, MultiblockMasker
+    from vjepa_adapt.models.vjepa import encode_context, encode_full, token_grid
+
+    torch.manual_seed(0)
+    model = build_model("tiny", crop_size=32, frames_per_clip=8, **TINY).eval()
+    head = MotionAuxHead(32, 2, reg_dims=13).eval()
+    seen = []
+    head.register_forward_hook(lambda mod, args, out: seen.append(args[0].detach().clone()))
+    student = loop.Student(model, head, "jepa", aux_input)
+    video = torch.randn(2, 8, 3, 32, 32)
+    masks = MultiblockMasker(token_grid(model.config, 8), (MaskSpec(2, 0.25), MaskSpec(1, 0.5)), seed=0)(2, 0)
+    with torch.no_grad():
+        targets = encode_full(model.encoder, video)
+        student(video, masks, targets, torch.tensor([0, 1]), torch.zeros(2, 13), 1.0)
+        if aux_input == "clip":
+            want = encode_full(model.encoder, video).mean(1)
+        else:
+            want = torch.stack([encode_context(model.encoder, video, m.context_ids).mean(1) for m in masks]).mean(0)
+    torch.testing.assert_close(seen[0], want)
+
+
+def test_a_non_finite_loss_between_settles_never_reaches_a_checkpoint(tmp_path, clips, monkeypatch):
+    """Issue 14: the step no longer reads its loss back, so a NaN at step 4 (0-based) is found at the next
+    settle (the heartbeat after step 6, heartbeats every 3 of 30 steps) — which raises, names step 4, and
+    leaves the step-4 checkpoint (written before the NaN) the newest."""
+    calls = []
+    real = loop.jepa_loss
+
+    def nan_at_step_4(preds, tgts):
+        calls.append(1)
+        out = real(preds, tgts)
+        return out * math.nan if len(calls) == 5 else out
+
+    monkeypatch.setattr(loop, "jepa_loss", nan_at_step_4)
+    torch.manual_seed(0)
+    model = build_model("tiny", crop_size=32, frames_per_clip=8, **TINY)
+    tcfg = _tcfg(steps=30, eval_every=30, checkpoint_every=4, log_every=10, warmup_steps=1)
+    with pytest.raises(loop.TrainingError, match="non-finite loss at step 4 .*last good checkpoint"):
+        loop.train(tcfg=tcfg, data=DATA, masking=MASKING, model=model, head=None, train_clips=clips[:6],
+                   val_clips=clips[6:], aux=None, out_dir=tmp_path)
+    assert len(calls) == 6  # step 5 ran too (on NaN weights), then the heartbeat's settle stopped the run
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*.pt")) == ["step-00000004.pt"]
+    state = ckpt.load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert all(torch.isfinite(v).all() for v in state["student"].values())
+    assert [r["step"] for r in storage.read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_resume_under_other_execution_settings_is_allowed(tmp_path, clips):
+    """log_every and parallel say how a run executes, not what it computes: a resume may change them."""
+    _run(tmp_path, clips, _tcfg(steps=2, eval_every=2, checkpoint_every=1, warmup_steps=0))
+    (tmp_path / "checkpoints" / "step-00000002.pt").unlink()
+    res, _, _ = _run(tmp_path, clips, _tcfg(steps=2, eval_every=2, checkpoint_every=1, warmup_steps=0, log_every=1,
+                                            parallel="fsdp"))
+    assert [r["step"] for r in res.history] == [1, 2]

@@ -13,10 +13,17 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vjepa_adapt.errors import ConfigError
 
@@ -52,15 +59,19 @@ class RunConfig(Section):
 
 
 class SynthConfig(Section):
-    """The procedural street world (embedded default and test oracle)."""
+    """The procedural street world of a run without data.clips: its target style (the new domain).
 
-    source_clips: int = Field(160, ge=0)
+    The source style is rendered only by ``vjepa-adapt base`` (``base.clips``), which trains the demo's
+    stand-in for Meta's weights; sizes, frames and fps here are shared by both.
+    """
+
     target_clips: int = Field(240, ge=1)
     width: int = Field(128, ge=32)
     height: int = Field(96, ge=32)
     num_frames: int = Field(32, ge=4)
     fps: float = Field(16.0, gt=0)
     clips_per_video: int = Field(4, ge=1)
+    vertical_share: float = Field(0.125, ge=0, le=1, description="share of clips planned to move up/down")
     seed: int = 0
     workers: int = Field(1, ge=1, description="render processes")
 
@@ -80,6 +91,8 @@ class DataConfig(Section):
     crop_scale: tuple[float, float] = (0.3, 1.0)
     crop_ratio: tuple[float, float] = (0.75, 1.35)
     flip_prob: float = Field(0.5, ge=0, le=1)
+    frame_cache: bool = Field(False, description="decode each clip's sampled frames once into RUN/cache/frames "
+                                                 "(uint8, short side at most 2 x data.size) for every arm")
 
     @field_validator("split_ratios")
     @classmethod
@@ -201,6 +214,11 @@ class ProbeConfig(Section):
     sweep: list[tuple[float, float]] | None = Field(None, description="[[lr, wd], ...] chosen on val")
     bootstrap_resamples: int = Field(10000, ge=100)
     seed: int = 0
+    also_linear: bool = Field(True, description="with kind=attentive: also a linear probe on each arm's mean "
+                                                "vectors (probe/<arm>/linear), reported next to it")
+    linear_lr: float = Field(1e-3, gt=0, description="lr of that linear probe and of the flow ceiling")
+    flow_ceiling: bool = Field(True, description="a flow_ceiling row: a linear probe on the 23-D flow features the "
+                                                 "labels are cut from, on the same clips (what the labels allow)")
 
 
 class Stage(Section):
@@ -287,8 +305,20 @@ class TrainConfig(Section):
 
     mode: Literal["jepa", "head_only"] = "jepa"
     steps: int = Field(200, ge=1)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1, description="clips per rank per micro-batch; with global_batch_size: the "
+                                                 "largest micro-batch that fits on one device")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step (derived when "
+                                                 "global_batch_size is set: leave it at 1)")
+    global_batch_size: int | None = Field(
+        None, ge=1, description="clips per optimizer step over all ranks, kept on any world size: "
+                                "= micro-batch × grad_accum × ranks, the micro-batch the largest divisor of "
+                                "global/ranks that is at most batch_size; None = batch_size × grad_accum per rank")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp = every rank holds the whole model; fsdp = encoder/predictor "
+                           "blocks fully sharded over the ranks (FSDP2 fully_shard), for encoders that do not fit")
+    log_every: int = Field(10, ge=1, description="steps between reads of the logged values from the device (the "
+                                                 "step itself never waits for the device); also at every eval, "
+                                                 "heartbeat, checkpoint and stage end")
     lr: float = Field(2e-4, gt=0)
     final_lr: float = Field(1e-6, ge=0)
     warmup_steps: int = Field(20, ge=0)
@@ -298,6 +328,9 @@ class TrainConfig(Section):
     teacher: Literal["ema", "frozen"] = "ema"
     ema_momentum: tuple[float, float] = (0.99925, 0.99925)
     motion_aux_weight: float = Field(0.1, ge=0)
+    aux_input: Literal["context", "clip"] = Field(
+        "context", description="what the motion_aux head pools: the student's context tokens (SPEC Ch 10 step 6, "
+                               "no extra forward) or the student's tokens of the whole clip (one more forward)")
     aux_lr_mult: float = Field(10.0, gt=0)
     l2_anchor: list[float] = Field(default_factory=lambda: [0.0],
                                    description="λ values, one arm per value; one arm's config (for_arm) holds one")
@@ -323,7 +356,13 @@ class TrainConfig(Section):
             total = sum(s.steps for s in self.stages)
             raise ValueError(f"train.stages: stage steps sum to {total} but train.steps={self.steps}")
         _unique_stage_names(self.stages or [], "train.stages")
+        if self.global_batch_size is not None and self.grad_accum != 1:
+            raise ValueError(f"train.grad_accum={self.grad_accum} with train.global_batch_size={self.global_batch_size}: "
+                             "the accumulation is derived from the global batch; leave train.grad_accum at 1")
         return self
+
+    # Settings of how a run executes, not of what it computes: a checkpoint resumes under other values.
+    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = ("resume", "log_every", "parallel")
 
     def for_arm(self, l2_lambda: float) -> TrainConfig:
         """One arm of the λ sweep: this config with ``l2_anchor = [l2_lambda]`` (what the trainer takes)."""
@@ -339,12 +378,26 @@ class TrainConfig(Section):
 
 
 class BaseModelConfig(Section):
-    """Demo only: the tiny stand-in for Meta's weights, pretrained by us on the source style."""
+    """The recipe of ``vjepa-adapt base``: the demo's tiny stand-in for Meta's weights, trained from
+    random init on the source style of the world (model.preset / patch_size, data.size / num_frames
+    and masking give its shape and masks). The package ships its result (see ``stages/base.py``)."""
 
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(8, ge=1)
+    clips: int = Field(800, ge=8, description="source-style clips rendered for it (70/15/15 split by video)")
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(30, ge=0)
+    input_transform: Literal["rgb", "frame_diff"] = Field(
+        "frame_diff", description="what the encoder is fed (models/vjepa.py INPUT_TRANSFORMS)")
+    motion_aux_weight: float = Field(1.0, ge=0, description="motion_aux on the source world's flow labels")
+    aux_input: Literal["context", "clip"] = "clip"
+    checkpoint_every: int = Field(250, ge=1)
+
+    @model_validator(mode="after")
+    def _warmup(self) -> BaseModelConfig:
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"base.warmup_steps: {self.warmup_steps} exceeds base.steps={self.steps}")
+        return self
 
 
 class ArmsConfig(Section):

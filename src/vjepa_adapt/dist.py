@@ -103,9 +103,107 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device, find_unused_paramete
 
 
 def no_sync(module: torch.nn.Module) -> contextlib.AbstractContextManager:
-    """Skip DDP's gradient all-reduce inside (gradient accumulation: every micro-batch but the last)."""
+    """Skip DDP's gradient all-reduce inside (gradient accumulation: every micro-batch but the last).
+
+    FSDP modules have no ``no_sync``: they reduce-scatter every micro-batch and accumulate sharded
+    gradients (skipping it would keep a full unsharded gradient per rank, what FSDP is there to avoid).
+    """
     sync_free = getattr(module, "no_sync", None)
     return sync_free() if initialized() and sync_free is not None else contextlib.nullcontext()
+
+
+def sum_over_ranks(values: list[int]) -> list[int]:
+    """Element-wise sum of small host-side ints over ranks (the trainer's "which rank has data" flags).
+
+    Host to host, never through the accelerator: on a gloo group, so with NCCL training this costs no
+    device synchronisation (a CUDA tensor read back to the host would wait for the whole step queue).
+    """
+    if not initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.int64)
+    td.all_reduce(t, op=td.ReduceOp.SUM, group=_cpu_group())
+    return t.tolist()
+
+
+def main_value(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (a decision every rank must take alike, e.g. "export the best
+    checkpoint now", which is a collective under FSDP); ``value`` itself in one process."""
+    if not initialized():
+        return value
+    box = [value]
+    td.broadcast_object_list(box, src=0, group=_cpu_group())
+    return box[0]
+
+
+# -- FSDP (train.parallel=fsdp): torch's FSDP2 ``fully_shard`` --------------------------------------
+
+
+def shard_fsdp(root: torch.nn.Module, units: list[torch.nn.Module]) -> torch.nn.Module:
+    """Fully shard ``units`` (the transformer blocks, ...) and then ``root`` over all ranks; identity in one process.
+
+    FSDP2 (``torch.distributed.fsdp.fully_shard``): each unit's parameters become DTensor shards
+    (dim 0 over the ranks), gathered for its forward and backward and freed after; ``root`` takes
+    every parameter outside the units. Parameters keep their names and stay real ``nn.Parameter``s,
+    so ``requires_grad`` may change between stages without re-wrapping (a frozen parameter gets no
+    gradient and no reduce-scatter) and an optimizer built after this call trains the shards.
+    Forward must first run through ``root`` (it is FSDP's root); a unit may be called directly after.
+    """
+    if not initialized():
+        return root
+    from torch.distributed.fsdp import fully_shard
+
+    for unit in units:
+        fully_shard(unit)
+    fully_shard(root)
+    return root
+
+
+def is_sharded(t: Any) -> bool:
+    """``t`` is an FSDP shard (a DTensor)."""
+    return hasattr(t, "full_tensor") and hasattr(t, "placements")
+
+
+def gather_full(obj: Any, to_cpu: bool = True) -> Any:
+    """``obj`` (a state dict, an optimizer state dict, a tensor) with every shard gathered into its full tensor.
+
+    A collective: every rank calls it with the same structure (the same module/optimizer), in the
+    same order. Plain tensors pass through (moved to the CPU with ``to_cpu`` only when gathered).
+    """
+    if is_sharded(obj):
+        full = obj.full_tensor()
+        return full.cpu() if to_cpu else full
+    if isinstance(obj, dict):
+        return {k: gather_full(v, to_cpu) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(gather_full(v, to_cpu) for v in obj)
+    return obj
+
+
+def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``full`` cut into this rank's shard of ``like`` (a DTensor), no communication; ``full`` as is otherwise."""
+    if not is_sharded(like):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
+
+
+def load_full_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``module.load_state_dict`` of a full (unsharded) state dict, into a sharded module or a plain one."""
+    current = module.state_dict()
+    module.load_state_dict({k: shard_like(v, current[k]) if k in current else v for k, v in state.items()})
+
+
+def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict`` of a full optimizer state: per-parameter tensors shaped like their
+    (sharded) parameter are cut to this rank's shard; scalars (``step``) stay as they are."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # the order state ids follow
+    per_param = {}
+    for i, entry in state["state"].items():
+        p = params[int(i)]
+        per_param[i] = {k: shard_like(v, p) if isinstance(v, torch.Tensor) and v.shape == p.shape and v.ndim
+                        else v for k, v in entry.items()}
+    optimizer.load_state_dict({**state, "state": per_param})
 
 
 def initialized() -> bool:
@@ -117,3 +215,9 @@ def initialized() -> bool:
 def _wait_group() -> Any:
     # gloo whatever the training backend: a CPU barrier that may wait for days costs nothing.
     return td.new_group(backend="gloo", timeout=WAIT_FOR_MAIN_TIMEOUT)
+
+
+@functools.cache
+def _cpu_group() -> Any:
+    # host-side collectives of small values; the default group already is one on CPU (gloo)
+    return None if td.get_backend() == "gloo" else td.new_group(backend="gloo")

@@ -24,6 +24,7 @@ clips alike, materialised or streamed.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -93,6 +94,16 @@ class MaskBatch:
         """The same masks with their ids on ``device`` (gathers index tensors on the model's device)."""
         return MaskBatch(self.context_ids.to(device, non_blocking=True),
                          self.target_ids.to(device, non_blocking=True), self.stats)
+
+    def pin_memory(self) -> MaskBatch:
+        """Page-locked ids (the DataLoader's ``pin_memory`` calls this), so ``to(cuda)`` copies asynchronously."""
+        return MaskBatch(self.context_ids.pin_memory(), self.target_ids.pin_memory(), self.stats)
+
+    def select(self, rows: Sequence[int]) -> MaskBatch:
+        """The masks of ``rows`` of the batch (lengths stay those equalised over the whole batch)."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        stats = {k: [v[i] for i in rows] if isinstance(v, list) else v for k, v in self.stats.items()}
+        return MaskBatch(self.context_ids[idx], self.target_ids[idx], stats)
 
 
 def _check_grid(grid: Sequence[int]) -> TokenGrid:
@@ -368,9 +379,17 @@ class MultiblockMasker:
     """Picklable mask sampler for a DataLoader collate: one MaskBatch per spec per batch.
 
     ``masker(batch_size, step)`` is a pure function of (seed, step): every worker, rank and
-    resumed run gets the same masks for the same step. Pass a rank-distinct ``seed`` (or fold the
-    rank into ``step``) if ranks must see different masks. With ``flow_tokens`` the blocks are
+    resumed run gets the same masks for the same step. With ``flow_tokens`` the blocks are
     motion-guided (MGMAE) instead of static.
+
+    The trainer's masks depend on the sample, not on the rank or the number of ranks (so 2 ranks and
+    1 rank with the same global batch train alike): a sample is a slot of its step's global batch.
+    Static masks (``for_slots``): the global batch's masks are drawn as one batch from (seed, step)
+    and each micro-batch takes its slots' rows, lengths equalised over the global batch. MGMAE masks
+    need each sample's flow, which only its own rank has: they are drawn per micro-batch from
+    (seed, step, ``unit``), the micro-batch's index in the global batch, and equalised over it, so
+    they are the same whatever the number of ranks as long as the micro-batch size is (the trainer
+    keeps it: the largest micro-batch of ``train.batch_size`` that divides the per-rank share).
     """
 
     grid: TokenGrid
@@ -385,11 +404,11 @@ class MultiblockMasker:
             raise ValueError("MultiblockMasker needs at least one MaskSpec")
 
     def __call__(
-        self, batch_size: int, step: int, flow_tokens: torch.Tensor | None = None
+        self, batch_size: int, step: int, flow_tokens: torch.Tensor | None = None, unit: int = 0
     ) -> list[MaskBatch]:
         out = []
         for i, spec in enumerate(self.specs):
-            gen = derive_generator(self.seed, step, i)
+            gen = derive_generator(self.seed, step, i + len(self.specs) * unit)  # unit 0: (seed, step, i)
             if flow_tokens is None:
                 out.append(sample_multiblock(self.grid, spec, batch_size, gen, self.max_tries))
             else:
@@ -397,3 +416,14 @@ class MultiblockMasker:
                     sample_motion_guided(self.grid, spec, flow_tokens, batch_size, gen, self.max_tries)
                 )
         return out
+
+    def for_slots(self, step: int, slots: Sequence[int], global_size: int) -> list[MaskBatch]:
+        """Static masks of ``slots`` of a step's global batch of ``global_size`` samples: rows of
+        ``self(global_size, step)`` (computed once per step and process, see ``_global_masks``)."""
+        return [m.select(slots) for m in _global_masks(self, global_size, step)]
+
+
+@functools.lru_cache(maxsize=2)
+def _global_masks(masker: MultiblockMasker, global_size: int, step: int) -> list[MaskBatch]:
+    # The micro-batches of one step (gradient accumulation) reuse the step's draw. Read-only: callers select rows.
+    return masker(global_size, step)

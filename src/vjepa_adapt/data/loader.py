@@ -4,9 +4,11 @@ The one loader of the toolkit (trainer, its evals, embed). Every sample is keyed
 ``(clip index, step)``:
 
 * ``StepBatchSampler`` maps a step to this rank's keys (epoch permutations seeded by (seed, epoch),
-  per-rank slices of the global batch);
+  per-rank and per-micro-batch slices of the step's global batch, keyed by the step: the same samples
+  for any split of the global batch into ranks × accumulation);
 * ``ClipDataset`` seeds each clip's augmentation from (seed, step, index);
-* ``Collate`` stacks the batch and draws the step's masks from (seed, step) in the worker.
+* ``Collate`` stacks the batch and draws the step's masks from (seed, step) in the worker (training
+  batches: the masks of each sample's slot in the global batch, see ``MultiblockMasker``).
 
 So a resumed run asks for step N and gets exactly the batch, augmentation and masks the
 uninterrupted run got — nothing is replayed or skipped through — whatever the number of workers.
@@ -40,7 +42,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vjepa_adapt.data.clips import Clip, open_clip
-from vjepa_adapt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from vjepa_adapt.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    train_transform,
+)
 from vjepa_adapt.data.video import VideoError, read_frames
 from vjepa_adapt.masking import MultiblockMasker, TokenFlow, derive_generator
 from vjepa_adapt.progress import get_logger
@@ -72,42 +79,61 @@ class AuxTargets:
 
 
 class StepBatchSampler(Sampler[list[SampleKey]]):
-    """Yields, for each step in [start_step, total_steps), this rank's ``[(clip_index, step), ...]``.
+    """Yields, for each step in [start_step, total_steps), this rank's ``grad_accum`` micro-batches
+    ``[(clip_index, step), ...]`` of ``batch_size`` keys each.
 
-    Global position p of the stream → epoch p // N, slot p % N of that epoch's permutation; step s
-    of rank r takes positions [(s·world + r)·b, +b), so ranks' shares are disjoint within an epoch
-    and always of size b.
+    A step's global batch is G = batch_size × grad_accum × world_size slots, at stream positions
+    [s·G, (s+1)·G); position p → epoch p // N, slot p % N of that epoch's permutation. Micro-batch i
+    of rank r takes slots [(i·world + r)·b, +b) (``first_slot``), so ranks' shares are disjoint
+    within an epoch and always of size b — and a step's samples (keyed by the step, not the
+    micro-batch) are the same for any split of G into ranks and accumulation.
     """
 
     def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, total_steps: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, grad_accum: int = 1):
         if num_items < 1:
             raise ValueError("no training clips")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
         self.n, self.b, self.seed = num_items, batch_size, seed
         self.start, self.total, self.rank, self.world = start_step, total_steps, rank, world_size
+        self.accum = grad_accum
         self._perms: dict[int, np.ndarray] = {}
+
+    @property
+    def global_batch(self) -> int:
+        """Slots of one step over all ranks and micro-batches."""
+        return self.b * self.accum * self.world
+
+    def first_slot(self, micro: int = 0) -> int:
+        """This rank's first slot of micro-batch ``micro`` in the step's global batch."""
+        return (micro * self.world + self.rank) * self.b
 
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
             self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
         return self._perms[epoch]
 
-    def indices_for_step(self, step: int) -> list[int]:
-        first = (step * self.world + self.rank) * self.b
+    def indices_for_step(self, step: int, micro: int = 0) -> list[int]:
+        first = step * self.global_batch + self.first_slot(micro)
         return [int(self._perm(p // self.n)[p % self.n]) for p in range(first, first + self.b)]
 
-    def keys_for_step(self, step: int) -> list[SampleKey]:
-        """The dataset keys of one step (the extension point of a mixture sampler)."""
-        return [(i, step) for i in self.indices_for_step(step)]
+    def keys_for_step(self, step: int, micro: int = 0) -> list[SampleKey]:
+        """The dataset keys of one micro-batch of a step (the extension point of a mixture sampler)."""
+        return [(i, step) for i in self.indices_for_step(step, micro)]
+
+    def micro_batches(self) -> Iterator[tuple[int, list]]:
+        """(first slot in the step's global batch, keys) of every micro-batch, in training order."""
+        for step in range(self.start, self.total):
+            for micro in range(self.accum):
+                yield self.first_slot(micro), self.keys_for_step(step, micro)
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
-        for step in range(self.start, self.total):
-            yield self.keys_for_step(step)
+        for _, keys in self.micro_batches():
+            yield keys
 
     def __len__(self) -> int:
-        return max(0, self.total - self.start)
+        return max(0, self.total - self.start) * self.accum
 
 
 def stream_counts(mixture: Mapping[str, float], positions: int) -> dict[str, int]:
@@ -129,18 +155,20 @@ def stream_counts(mixture: Mapping[str, float], positions: int) -> dict[str, int
 class MixtureBatchSampler(StepBatchSampler):
     """Yields, per step, this rank's ``[(stream, index, step), ...]`` from the mixture of the step's stage.
 
-    ``schedule``: ``[(steps, mixture), ...]`` per stage, in sampler steps. Step s of stage j: its
-    global batch (world × b slots) takes ``stream_counts`` of the stage's mixture at positions
+    ``schedule``: ``[(steps, mixture), ...]`` per stage. Step s of stage j: its global batch
+    (G = b × grad_accum × world slots) takes ``stream_counts`` of the stage's mixture at positions
     [(s − start_j)·G, +G); stream n continues at its own position (its counts in every earlier
     stage, closed form) through its epoch permutations seeded by (seed, stream, epoch). The G slots
-    are shuffled by (seed, step) and rank r takes slots [r·b, +b). Everything is a function of
-    (seed, step): ranks agree, resume replays nothing. Past the last stage the last mixture holds.
+    are shuffled by (seed, step) and micro-batch i of rank r takes slots [(i·world + r)·b, +b).
+    Everything is a function of (seed, step): ranks agree, resume replays nothing, and the same G
+    gives the same samples on any number of ranks. Past the last stage the last mixture holds.
     """
 
     def __init__(self, stream_sizes: Mapping[str, int], schedule: Sequence[tuple[int, Mapping[str, float]]],
-                 batch_size: int, seed: int, start_step: int, total_steps: int, rank: int = 0, world_size: int = 1):
+                 batch_size: int, seed: int, start_step: int, total_steps: int, rank: int = 0, world_size: int = 1,
+                 grad_accum: int = 1):
         super().__init__(max(1, sum(stream_sizes.values())), batch_size, seed, start_step, total_steps, rank,
-                         world_size)
+                         world_size, grad_accum)
         for i, (_, mix) in enumerate(schedule):
             empty = [n for n, share in mix.items() if share > 0 and stream_sizes.get(n, 0) < 1]
             if empty:
@@ -160,7 +188,7 @@ class MixtureBatchSampler(StepBatchSampler):
 
     def slots_for_step(self, step: int) -> list[tuple[str, int]]:
         """The global batch of ``step``: (stream, position in that stream) per slot, shuffled."""
-        g = self.b * self.world
+        g = self.global_batch
         before = {n: 0 for n in STREAMS}  # each stream's samples in the stages before this one
         start, mix = 0, self.schedule[-1][1]
         for i, (steps, m) in enumerate(self.schedule):
@@ -176,8 +204,9 @@ class MixtureBatchSampler(StepBatchSampler):
         order = np.random.default_rng([self.seed, step]).permutation(len(slots))
         return [slots[i] for i in order]
 
-    def keys_for_step(self, step: int) -> list[MixtureKey]:  # type: ignore[override]
-        mine = self.slots_for_step(step)[self.rank * self.b:(self.rank + 1) * self.b]
+    def keys_for_step(self, step: int, micro: int = 0) -> list[MixtureKey]:  # type: ignore[override]
+        first = self.first_slot(micro)
+        mine = self.slots_for_step(step)[first:first + self.b]
         return [(n, self._stream_index(n, pos), step) for n, pos in mine]
 
 
@@ -278,9 +307,13 @@ class Collate:
     with aux targets ``label`` (B,) long and ``reg`` (B, R); from a mixture ``stream`` (list); with a
     masker ``masks`` (one ``MaskBatch`` per generator, a pure function of (masker seed, step) — and,
     when the samples carry MGMAE flow, of their stacked flows (B, T', H', W', 2)).
+    Training batches (``build_train_loader``) carry each sample's ``slot`` in its step's global batch
+    of ``global_batch`` samples: the masks are then those of the slots (``MultiblockMasker.for_slots``;
+    MGMAE: of the micro-batch's unit), the same on any number of ranks.
     """
 
     masker: MultiblockMasker | None = None
+    global_batch: int | None = None
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         good = [it for it in items if "video" in it]
@@ -300,11 +333,44 @@ class Collate:
         if "stream" in good[0]:
             out["stream"] = [it["stream"] for it in good]
         if self.masker is not None:
+            slotted = self.global_batch is not None and "slot" in items[0]
             if "flow" in good[0]:  # MGMAE: blocks carried along each sample's own flow
-                out["masks"] = self.masker(len(good), out["step"], flow_tokens=torch.stack([it["flow"] for it in good]))
+                unit = items[0]["slot"] // len(items) if slotted else 0  # the micro-batch's place in the step
+                out["masks"] = self.masker(len(good), out["step"], flow_tokens=torch.stack([it["flow"] for it in good]),
+                                           unit=unit)
+            elif slotted:
+                out["masks"] = self.masker.for_slots(out["step"], [it["slot"] for it in good], self.global_batch)
             else:
                 out["masks"] = self.masker(len(good), out["step"])
         return out
+
+
+class _Slotted(Dataset):
+    """``ds[(key, slot)]`` -> ``inner[key]`` with ``slot``, the sample's place in its step's global batch."""
+
+    def __init__(self, inner: Dataset):
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[Any, int]) -> dict[str, Any]:
+        inner_key, slot = key
+        return {**self.inner[inner_key], "slot": slot}
+
+
+@dataclass
+class _SlottedBatches:
+    """A step sampler's micro-batches as ``[(key, slot), ...]`` for ``_Slotted``."""
+
+    sampler: StepBatchSampler
+
+    def __iter__(self) -> Iterator[list[tuple[Any, int]]]:
+        for first, keys in self.sampler.micro_batches():
+            yield [(k, first + j) for j, k in enumerate(keys)]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 def batch_to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
@@ -323,11 +389,17 @@ def batch_to_device(batch: dict[str, Any], device: torch.device | str) -> dict[s
 
 
 def build_train_loader(dataset: ClipDataset | MixtureDataset, sampler: StepBatchSampler,
-                       masker: MultiblockMasker | None, num_workers: int) -> DataLoader:
+                       masker: MultiblockMasker | None, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """The trainer's batches: ``sampler``'s micro-batches, each sample with its slot (for its masks).
+
+    ``pin_memory`` (the trainer sets it on CUDA): batches arrive in page-locked memory, so the
+    trainer's ``non_blocking`` copies to the device overlap with compute instead of stalling it.
+    """
     # An own generator: creating a loader iterator must not draw from the global RNG, or a resumed
     # run (which restores the global RNG first) would see a shifted dropout stream.
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=Collate(masker),
-                      generator=torch.Generator().manual_seed(0),
+    return DataLoader(_Slotted(dataset), batch_sampler=_SlottedBatches(sampler),
+                      collate_fn=Collate(masker, global_batch=sampler.global_batch),
+                      generator=torch.Generator().manual_seed(0), pin_memory=pin_memory,
                       **worker_options(num_workers, seed=dataset.seed, rank=sampler.rank, prefetch_factor=4))
 
 

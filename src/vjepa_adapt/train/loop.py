@@ -19,10 +19,24 @@ groups hold every parameter from step 0; torch's AdamW creates a parameter's sta
 gradient, so a block unfrozen late starts with fresh moments (and its own bias correction) exactly
 when its stage's warmup keeps the lr small, while parameters already training keep theirs.
 
-Several ranks (DDP): every rank runs every micro-batch's forward/backward, so the gradient
-all-reduces always match. A rank whose micro-batch has no readable clip runs a zero-weighted
-stand-in; a micro-batch no rank can read is skipped by all, and a step with no data anywhere
-steps neither the optimizer nor the EMA teacher (see ``micro_batch_weights``).
+Several ranks (torchrun): DDP by default; ``train.parallel=fsdp`` fully shards the encoder and
+predictor blocks, the teacher's too (FSDP2, ``dist.shard_fsdp``), once before the optimizer is
+built, and a stage change only flips ``requires_grad``. Every rank runs every micro-batch's
+forward/backward, so the gradient collectives always match. A rank whose micro-batch has no
+readable clip runs a zero-weighted stand-in; a micro-batch no rank can read is skipped by all, and
+a step with no data anywhere steps neither the optimizer nor the EMA teacher (see
+``micro_batch_weights``). ``train.global_batch_size`` keeps the clips per optimizer step on any
+number of ranks (``micro_batching``): a step's samples, augmentation and masks are
+functions of (seed, step, slot in the global batch), so 2 ranks and 1 rank with the same global
+batch train alike, and a checkpoint of one resumes on the other. Checkpoints and exports are full
+(unsharded) state dicts, gathered from the shards and written by rank 0: one format for one
+process, DDP and FSDP, on any number of ranks.
+
+Host syncs: the step never reads a value back from the device. Its logged values (and the
+non-finite guard's flags) stay on the device until the next cadence point (``train.log_every``,
+and every heartbeat, eval, checkpoint and stage end), where one read settles all of them. A
+non-finite loss is then found up to ``log_every`` steps late — and still before anything is
+evaluated, exported or checkpointed, so the last good checkpoint stays intact.
 """
 
 from __future__ import annotations
@@ -47,6 +61,7 @@ from vjepa_adapt.data.clips import Clip
 from vjepa_adapt.data.loader import (
     AuxTargets,
     ClipDataset,
+    FrameReader,
     MixtureBatchSampler,
     MixtureDataset,
     StepBatchSampler,
@@ -55,7 +70,7 @@ from vjepa_adapt.data.loader import (
     build_eval_loader,
     build_train_loader,
 )
-from vjepa_adapt.errors import UserError
+from vjepa_adapt.errors import ConfigError, UserError
 from vjepa_adapt.masking import MaskSpec, MultiblockMasker, TokenFlow
 from vjepa_adapt.models.heads import MotionAuxHead
 from vjepa_adapt.models.vjepa import (
@@ -70,7 +85,12 @@ from vjepa_adapt.models.vjepa import (
 )
 from vjepa_adapt.progress import MetricsLog, get_logger, progress
 from vjepa_adapt.train import checkpoint as ckpt
-from vjepa_adapt.train.losses import IGNORE_LABEL, jepa_loss, motion_aux_loss
+from vjepa_adapt.train.losses import (
+    IGNORE_LABEL,
+    check_labels,
+    jepa_loss,
+    motion_aux_loss,
+)
 from vjepa_adapt.train.optim import (
     apply_schedule,
     build_param_groups,
@@ -86,6 +106,7 @@ from vjepa_adapt.train.regularizers import (
     ema_update,
     relative_drift,
     snapshot,
+    tensor_norms,
 )
 from vjepa_adapt.train.schedules import ema_momentum, staged_warmup_cosine
 
@@ -110,10 +131,10 @@ class TrainResult:
 
 
 class Student(nn.Module):
-    def __init__(self, model: nn.Module, head: MotionAuxHead | None, mode: str):
+    def __init__(self, model: nn.Module, head: MotionAuxHead | None, mode: str, aux_input: str = "context"):
         super().__init__()
         self.model, self.head = model, head  # model: the full VJEPA2Model (encoder + predictor + config)
-        self.mode = mode
+        self.mode, self.aux_input = mode, aux_input
         self.mask_index = predictor_mask_index(model.config)  # the token the weights were trained with
 
     @property
@@ -141,6 +162,8 @@ class Student(nn.Module):
             out["pred_std"] = torch.stack([p.float().std(dim=1).mean() for p in preds]).mean().detach()
             pooled = torch.stack(pooled_parts).mean(dim=0)  # (B, D) mean-pooled student tokens
         if self.head is not None and label is not None and aux_weight > 0:
+            if self.mode != "head_only" and self.aux_input == "clip":  # the whole clip (one more forward)
+                pooled = encode_full(self.encoder, video).mean(dim=1)  # (B, D)
             logits, reg_pred, _ = self.head(pooled.float())
             out["aux"], parts = motion_aux_loss(logits, label, reg_pred, reg, weight=aux_weight)
             out["aux_ce"], out["aux_mse"] = parts["ce"], parts["mse"]
@@ -150,12 +173,23 @@ class Student(nn.Module):
         return out
 
 
-def _forward(module: nn.Module, teacher: nn.Module | None, batch: dict[str, Any], aux_weight: float,
+class TeacherTargets(nn.Module):
+    """The teacher's JEPA targets behind one forward (FSDP's root for a sharded teacher). (B, N, D)"""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return teacher_targets(self.encoder, video)
+
+
+def _forward(module: nn.Module, targets_of: nn.Module | None, batch: dict[str, Any], aux_weight: float,
              dev: torch.device, dtype: str) -> tuple[dict[str, Any], torch.Tensor | None, dict[str, torch.Tensor]]:
     """Move the batch to the device whole, make the teacher's targets, run the student."""
     b = batch_to_device(batch, dev)
     with autocast_context(dev.type, dtype):
-        targets = teacher_targets(teacher, b["video"]) if teacher is not None else None  # (B, N, D)
+        targets = targets_of(b["video"]) if targets_of is not None else None  # (B, N, D)
         out = module(b["video"], b.get("masks"), targets, b.get("label"), b.get("reg"), aux_weight)
     return b, targets, out
 
@@ -165,10 +199,9 @@ def _gather(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _accuracy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Top-1 over the labelled clips (NaN without any), on the device: no host sync."""
     ok = label >= 0
-    if not bool(ok.any()):
-        return torch.tensor(float("nan"))
-    return (logits.argmax(-1)[ok] == label[ok]).float().mean().detach()
+    return (((logits.argmax(-1) == label) & ok).sum() / ok.sum()).detach()
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,11 +228,39 @@ def stage_ends(tcfg: TrainConfig) -> list[int]:
     return list(itertools.accumulate(s.steps for s in stages_of(tcfg)))
 
 
+def micro_batching(tcfg: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(micro-batch per rank, micro-batches per step) on ``world_size`` ranks.
+
+    Without ``train.global_batch_size``: (batch_size, grad_accum), so the global batch grows with the
+    ranks. With it: global = micro × accum × ranks on any world size, micro the largest divisor of
+    global / ranks that is at most ``batch_size`` (64 on 8 ranks with batch_size 4: micro 4,
+    accum 2; on 1 rank: micro 4, accum 16).
+    """
+    if tcfg.global_batch_size is None:
+        return tcfg.batch_size, tcfg.grad_accum
+    g = tcfg.global_batch_size
+    if g % world_size:
+        raise ConfigError(f"train.global_batch_size={g} is not divisible by the {world_size} ranks of this run: "
+                          f"use a multiple of {world_size}")
+    per_rank = g // world_size
+    micro = max(d for d in range(1, min(tcfg.batch_size, per_rank) + 1) if per_rank % d == 0)
+    return micro, per_rank // micro
+
+
 def stage_lr(step: int, tcfg: TrainConfig) -> float:
     """The lr of ``step``: warmup then cosine to ``final_lr`` within each stage (re-warmed at its start)."""
     plan = [(s.steps, min(tcfg.warmup_steps, s.steps) if s.warmup_steps is None else s.warmup_steps)
             for s in stages_of(tcfg)]
     return staged_warmup_cosine(step, plan, tcfg.lr, final=tcfg.final_lr)
+
+
+def fsdp_units(encoder: nn.Module, predictor: nn.Module | None = None) -> list[nn.Module]:
+    """What FSDP shards as units: every encoder and predictor block, and the encoder's embeddings and
+    final norm (called directly by ``encode_full``/``encode_context``, outside the root's forward).
+    The rest (the predictor's embeddings with its mask tokens, norm and projection, the head) is
+    the root's (the Student's)."""
+    units = [encoder.embeddings, *encoder.layer, encoder.layernorm]
+    return units + (list(predictor.layer) if predictor is not None else [])
 
 
 def set_stage_trainable(student: Student, tcfg: TrainConfig, stage: Stage) -> None:
@@ -282,6 +343,7 @@ def train(
     dtype: str = "fp32",
     num_workers: int = 0,
     streams: dict[str, Stream] | None = None,
+    read: FrameReader | None = None,
 ) -> TrainResult:
     """Train one arm: ``model`` (+ ``head``) per ``tcfg`` on ``train_clips``; checkpoints and exports go to ``out_dir``.
 
@@ -291,7 +353,8 @@ def train(
     ``model.config`` records (see ``models.vjepa.predictor_mask_index``).
     ``streams``: the factor streams (``layout``, ``agent``, ``interaction``) that ``tcfg.stages``
     mixtures name; the raw stream is ``train_clips`` with ``aux``. Validation stays on raw
-    ``val_clips`` (the yardstick is how the encoder sees raw clips).
+    ``val_clips`` (the yardstick is how the encoder sees raw clips). ``read`` decodes a raw clip
+    (train, val and probe clips; None = its file), e.g. the run's decoded-frame cache.
     Exports ``out_dir/best`` (best val score) and ``out_dir/final``: ``encoder/`` (HF format) and
     ``head.safetensors``.
     """
@@ -302,7 +365,7 @@ def train(
     if d.enabled and not dist.initialized():
         raise TrainingError(f"WORLD_SIZE={d.world_size} but no process group: call vjepa_adapt.dist.init() first "
                             "(the vjepa-adapt command does under torchrun)")
-    all_streams = {"raw": Stream(list(train_clips), aux), **(streams or {})}
+    all_streams = {"raw": Stream(list(train_clips), aux, read=read), **(streams or {})}
     mixed = any(s.mixture != {"raw": 1.0} for s in stages_of(tcfg))  # else: the one raw stream, as always
     for s in stages_of(tcfg):
         for name, share in s.mixture.items():
@@ -311,47 +374,70 @@ def train(
                                 "clips (factor streams come from the factorize stage)")
     if mixed and any((st.aux is None) != (aux is None) for st in all_streams.values()):
         raise UserError("every data stream needs motion_aux targets, or none does")
+    if head is not None:  # once here, not in the loss of every step (a device sync each; see losses.py)
+        for name, st in all_streams.items():
+            if st.aux is not None:
+                try:
+                    check_labels([*st.aux.labels.values(), *st.aux.label_flipped.values()], head.num_classes)
+                except ValueError as e:
+                    raise UserError(f"the {name} stream's motion_aux targets: {e}") from None
 
     # -- set up: student, teacher, head, anchors θ₀, optimizer over ALL parameters ---------------
+    micro, accum = micro_batching(tcfg, d.world_size)  # per-rank micro-batch, micro-batches per step
+    global_batch = micro * accum * d.world_size
+    fsdp = tcfg.parallel == "fsdp" and dist.initialized()
     model = model.to(dev)
-    student = Student(model, head, tcfg.mode).to(dev)
+    student = Student(model, head, tcfg.mode, tcfg.aux_input).to(dev)
     teacher = None
     if tcfg.mode == "jepa":
         teacher = copy.deepcopy(model.encoder).to(dev).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+    targets_of = TeacherTargets(teacher) if teacher is not None else None
+    if fsdp:  # once, before anything holds a parameter (optimizer, θ₀, SPD); stages only flip requires_grad
+        dist.shard_fsdp(student, fsdp_units(model.encoder, model.predictor))
+        if targets_of is not None:
+            dist.shard_fsdp(targets_of, fsdp_units(teacher))
+    log.info(f"global batch {global_batch} = micro-batch {micro} x {accum} accumulation x {d.world_size} rank(s)"
+             + (f"; {'FSDP' if fsdp else 'DDP'}" if d.enabled else "")
+             + ("; train.parallel=fsdp in one process: nothing to shard" if tcfg.parallel == "fsdp" and not d.enabled
+                else ""))
     enc_params = list(model.encoder.parameters())
     anchor_file = out_dir / "anchor.pt"
-    if anchor_file.exists():  # θ₀ of this run, written once before step 0 (resume must not re-snapshot)
-        anchors = [t.to(dev) for t in storage.load_torch(anchor_file)["anchors"]]
+    # every rank takes the same branch (under FSDP both are collectives): rank 0's view of the file
+    if dist.main_value(anchor_file.exists()):  # θ₀ of this run, written once before step 0 (resume must not re-snapshot)
+        loaded = storage.load_torch(anchor_file)["anchors"]
+        anchors = [dist.shard_like(t.to(dev), p) for t, p in zip(loaded, enc_params)]
     else:
         anchors = snapshot(enc_params)
-        if d.is_main and tcfg.mode == "jepa":  # head-only never moves the encoder: nothing to anchor
-            storage.save_torch(anchor_file, {"anchors": [a.cpu() for a in anchors]})
+        if tcfg.mode == "jepa":  # head-only never moves the encoder: nothing to anchor
+            full = dist.gather_full(anchors)
+            if d.is_main:
+                storage.save_torch(anchor_file, {"anchors": [a.cpu() for a in full]})
     rules = [("head.", tcfg.aux_lr_mult, 0.0)]  # the motion_aux head: own lr multiplier, no weight decay
     groups = build_param_groups(list(student.named_parameters()), base_lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                                 rules=rules)
     opt = torch.optim.AdamW(groups, lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
     spd = SPD(enc_params, anchors, tcfg.spd) if tcfg.spd > 0 else None
-    micro = tcfg.batch_size
 
-    # -- resume ------------------------------------------------------------------------------
+    # -- resume (a checkpoint of any number of ranks, DDP or FSDP: full state dicts) ----------------
     step, best_step, best_score = 0, -1, -math.inf
     history: list[dict[str, Any]] = []
     if d.is_main:
         storage.remove_stale_temps(out_dir / "checkpoints")  # torn writes of a killed run
-    found = ckpt.find_resume(out_dir / "checkpoints", tcfg.resume)
+    found = dist.main_value(ckpt.find_resume(out_dir / "checkpoints", tcfg.resume))
     if found is not None:
         state = ckpt.load_checkpoint(found)
         _check_same_run(state, tcfg, found)
-        _check_data_position(state, micro * tcfg.grad_accum, d.world_size, found)
-        student.load_state_dict(state["student"])
+        _check_data_position(state, global_batch, d.world_size, found)
+        dist.load_full_state(student, state["student"])
         if teacher is not None:
-            teacher.load_state_dict(state["teacher"])
-        opt.load_state_dict(state["optimizer"])
+            dist.load_full_state(teacher, state["teacher"])
+        dist.load_full_optimizer_state(opt, state["optimizer"])
         ckpt.restore_rng(state["rng"])
         step, best_step, best_score = state["step"], state["best"]["step"], state["best"]["score"]
         history = list(state.get("history", []))
+        del state
         log.info(f"resumed from {found} at step {step}")
 
     # -- data: step → batch (stream mixture per stage; masks, MGMAE flow in the collate) ---------
@@ -359,7 +445,8 @@ def train(
     masker, flow = None, None
     if tcfg.mode == "jepa":
         specs = tuple(MaskSpec(g.num_blocks, g.spatial_scale, tuple(g.aspect_ratio)) for g in masking.generators)
-        masker = MultiblockMasker(grid=grid, specs=specs, seed=seed * 1009 + d.rank)  # each rank its own masks
+        # one seed for all ranks: a sample's masks are those of its slot in the step's global batch
+        masker = MultiblockMasker(grid=grid, specs=specs, seed=seed * 1009)
         if masking.kind == "motion_guided":  # MGMAE: each sample's flow, made in the decode worker
             flow = TokenFlow(grid, model.config.tubelet_size, masking.flow_backend, masking.flow_max_side)
 
@@ -368,27 +455,28 @@ def train(
                            flip_prob=data.flip_prob, crop_scale=data.crop_scale, crop_ratio=data.crop_ratio,
                            aux=st.aux, fps_stride=data.fps_stride, read=st.read, flow=flow)
 
-    start, total = step * tcfg.grad_accum, tcfg.steps * tcfg.grad_accum  # sampler steps are micro-batches
     if mixed:
         names = sorted({n for s in stages_of(tcfg) for n, share in s.mixture.items() if share > 0})
         train_set = MixtureDataset({n: clip_set(all_streams[n], train=True) for n in names}, seed=seed)
         sampler = MixtureBatchSampler({n: len(train_set.streams[n]) for n in names},
-                                      [(s.steps * tcfg.grad_accum, s.mixture) for s in stages_of(tcfg)], micro, seed,
-                                      start_step=start, total_steps=total, rank=d.rank, world_size=d.world_size)
+                                      [(s.steps, s.mixture) for s in stages_of(tcfg)], micro, seed,
+                                      start_step=step, total_steps=tcfg.steps, rank=d.rank, world_size=d.world_size,
+                                      grad_accum=accum)
     else:
         train_set = clip_set(all_streams["raw"], train=True)
-        sampler = StepBatchSampler(len(train_set), micro, seed, start_step=start, total_steps=total, rank=d.rank,
-                                   world_size=d.world_size)
-    batches = iter(build_train_loader(train_set, sampler, masker, num_workers))
-    val_set = clip_set(Stream(list(val_clips), aux), train=False)
+        sampler = StepBatchSampler(len(train_set), micro, seed, start_step=step, total_steps=tcfg.steps, rank=d.rank,
+                                   world_size=d.world_size, grad_accum=accum)
+    batches = iter(build_train_loader(train_set, sampler, masker, num_workers, pin_memory=dev.type == "cuda"))
+    val_set = clip_set(Stream(list(val_clips), aux, read=read), train=False)
     probe_set = ClipDataset(train_clips[:256], num_frames=data.num_frames, size=data.size, seed=seed, train=False,
-                            aux=aux)
+                            aux=aux, fps_stride=data.fps_stride, read=read)
     skipped: list[tuple[str, str]] = []
     # The head gets no gradient in a run without aux targets: DDP must not wait for it.
     head_unused = head is not None and (aux is None or tcfg.motion_aux_weight <= 0)
 
     # only rank 0 writes; rows of steps after the resumed one (a crash after its checkpoint) are dropped
     metrics = MetricsLog(out_dir, enabled=d.is_main, start_step=step)
+    pending: list[_Pending] = []  # rows whose values are still on the device (see settle_rows)
     current_stage: Stage | None = None
     ends = stage_ends(tcfg)
     wrapped: nn.Module = student
@@ -398,8 +486,10 @@ def train(
         stage = stage_at(step, tcfg)
         if stage != current_stage:  # (stage names are unique: equal stages are the same stage)
             set_stage_trainable(student, tcfg, stage)
-            # DDP fixes its parameter set: re-wrap per stage (every rank takes this branch at the same step)
-            wrapped = dist.wrap_ddp(student, dev, find_unused_parameters=head_unused)
+            # DDP fixes its parameter set: re-wrap per stage (every rank takes this branch at the same step).
+            # FSDP2 reads requires_grad at every backward: the sharded student stays as it is.
+            if not fsdp:
+                wrapped = dist.wrap_ddp(student, dev, find_unused_parameters=head_unused)
             current_stage = stage
             log.info(describe_stage(student, tcfg, stage, step))
 
@@ -410,12 +500,12 @@ def train(
 
         # -- the step's micro-batches; the ranks agree which run and with what weight --------------
         t0 = time.perf_counter()
-        micro_batches = [next(batches) for _ in range(tcfg.grad_accum)]
+        micro_batches = [next(batches) for _ in range(accum)]
         t_data += time.perf_counter() - t0
         for batch in micro_batches:
             skipped.extend(batch["skipped"])
         have = [batch["video"] is not None for batch in micro_batches]
-        ranks_with_data = dist.all_reduce_sum(torch.tensor(have, dtype=torch.int64, device=dev)).tolist()
+        ranks_with_data = dist.sum_over_ranks([int(h) for h in have])  # host to host: no device sync
         weights = micro_batch_weights(have, ranks_with_data, d.world_size)
         runs = [i for i, w in enumerate(weights) if w is not None]
 
@@ -426,32 +516,21 @@ def train(
         for i in runs:
             batch, weight = micro_batches[i], weights[i]
             if weight == 0.0:
-                batch = _stand_in(data, masker, aux, step * tcfg.grad_accum + i, flow)
+                batch = _stand_in(data, masker, aux, step * accum + i, flow)
             with dist.no_sync(wrapped) if i != runs[-1] else contextlib.nullcontext():
-                _, _, out = _forward(wrapped, teacher, batch, tcfg.motion_aux_weight, dev, dtype)
+                _, _, out = _forward(wrapped, targets_of, batch, tcfg.motion_aux_weight, dev, dtype)
                 loss = out["loss"] if weight == 1.0 else out["loss"] * weight
-                (loss / len(runs)).backward()  # a NaN loss still joins the all-reduce; checked below
+                (loss / len(runs)).backward()  # a NaN loss still joins the all-reduce; caught at the next settle
             if weight != 0.0:  # the stand-in is not logged
                 outs.append(out)
-        # Every rank stops together: one raising alone would leave the others waiting in a collective.
-        # One host sync here (not one per micro-batch): the count stays on the device until then.
-        n_bad = torch.zeros(1, dtype=torch.int64, device=dev)
-        for out in outs:
-            n_bad += (~torch.isfinite(out["loss"].detach())).to(torch.int64)
-        if int(dist.all_reduce_sum(n_bad).item()):
-            mine = [o for o in outs if not bool(torch.isfinite(o["loss"]))]
-            where = _fmt(_to_floats(mine[0])) if mine else "on another rank"
-            raise TrainingError(
-                f"non-finite loss at step {step} ({where}); stopped. The last good checkpoint in "
-                f"{out_dir / 'checkpoints'} is intact: lower train.lr or check the input clips, then resume."
-            )
 
         # -- optimizer step, regularisers, EMA teacher (not when no rank had a readable clip) ------
         row: dict[str, Any] = {"step": step + 1, "stage": stage.name, "lr": lr, "tau": tau}
+        values: dict[str, torch.Tensor] = {}  # stays on the device until the next settle
         sums: dict[str, torch.Tensor] = {}  # float64 sums give exactly the floats of per-value float() calls
         for out in outs:
             for k, v in out.items():
-                v = v.detach().to(dev, torch.float64) / tcfg.grad_accum
+                v = v.detach().to(dev, torch.float64) / accum
                 sums[k] = sums[k] + v if k in sums else v
         if runs:
             if l2_lambda > 0:  # λ·Σ‖θ−θ₀‖²: its gradient 2λ(θ−θ₀) is added straight into .grad
@@ -466,92 +545,164 @@ def train(
                 spd.after_step()
             if teacher is not None and tcfg.teacher == "ema":
                 ema_update(list(teacher.parameters()), enc_params, tau)
-            logged = _to_floats({"grad_norm": grad_norm, **sums})
-            if 0 < len(outs) < tcfg.grad_accum:  # the mean over the micro-batches this rank really ran
-                logged = {k: v if k in ("grad_norm", "l2") else v * tcfg.grad_accum / len(outs)
-                          for k, v in logged.items()}
-            row.update(logged)
+            values = {k: dist.gather_full(v, to_cpu=False) for k, v in {"grad_norm": grad_norm, **sums}.items()}
         else:
             row["no_data"] = True
             log.warning(f"step {step + 1}: no readable clip on any rank; optimizer and EMA teacher not stepped")
         t_step += time.perf_counter() - t0
-
-        # -- log, eval, checkpoint (cadence: functions of step) ------------------------------------
         done = step + 1
+        row.update(dict.fromkeys(values))  # their place in the row; the values come at the next settle
         row.update(data_wait_s=t_data, compute_s=t_step)
-        if tcfg.stages and done in ends:  # a stage's end: how far each block moved (0 above the prefix)
+        pending.append(_Pending(row, values, accum, len(outs), _non_finite(outs, values, dev)))
+        history.append(row)
+
+        # -- settle, log, eval, checkpoint (cadence: functions of step) ---------------------------
+        stage_end = bool(tcfg.stages) and done in ends
+        eval_now = done % tcfg.eval_every == 0 or done == tcfg.steps
+        heartbeat = done % max(tcfg.steps // 10, 1) == 0
+        save_now = done % tcfg.checkpoint_every == 0 or done == tcfg.steps
+        if not (eval_now or heartbeat or save_now or stage_end or done % tcfg.log_every == 0):
+            continue
+        settled = settle_rows(pending, out_dir)  # the one device read; raises on a non-finite step
+        pending = []
+        if stage_end:  # a stage's end: how far each block moved (0 above the prefix)
             row["drift_blocks"] = _per_block_drift(student.encoder, anchors)
-        if done % tcfg.eval_every == 0 or done == tcfg.steps:
-            ev = evaluate(student, teacher, val_set, probe_set, masker, tcfg, anchors, dev, dtype)
+        if eval_now:
+            ev = evaluate(student, teacher, targets_of, val_set, probe_set, masker, tcfg, anchors, dev, dtype)
             row.update(ev)
-            score = ev["val_score"]
+            score = dist.main_value(ev["val_score"])  # every rank takes the same export decision
             if score > best_score:
                 best_score, best_step = score, done
-                if d.is_main:
-                    _export(out_dir / "best", student, teacher, tcfg)
+                _export(out_dir / "best", student, teacher, tcfg, write=d.is_main)
             log.info(f"step {done}: {_fmt(row)}")
-        elif done % max(tcfg.steps // 10, 1) == 0:  # a heartbeat where no progress bar is shown (CI, logs)
+        elif heartbeat:  # a heartbeat where no progress bar is shown (CI, logs)
             loss_s = f"{row['loss']:.4f}" if "loss" in row else "n/a (no readable clip on this rank)"
             log.info(f"step {done}/{tcfg.steps}: loss={loss_s} lr={lr:.3g} "
                      f"data-wait {t_data / max(t_data + t_step, 1e-9):.0%}")
-        history.append(row)
-        metrics.write(row)
-        if d.is_main and (done % tcfg.checkpoint_every == 0 or done == tcfg.steps):
-            ckpt.save_checkpoint(out_dir / "checkpoints", done, {
-                "student": student.state_dict(),
-                "teacher": teacher.state_dict() if teacher is not None else None,
-                "optimizer": opt.state_dict(),
-                "rng": ckpt.capture_rng(),
-                "data": {"sampler_position": _data_position(done, micro * tcfg.grad_accum, d.world_size),
-                         "world_size": d.world_size},
-                "best": {"step": best_step, "score": best_score},
-                "history": history,
-                "config": tcfg.model_dump(mode="json"),
-            }, keep_last=tcfg.keep_last)
+        for r in settled:
+            metrics.write(r)
+        if save_now:
+            state = {  # full state dicts (gathered from the shards under FSDP: every rank joins)
+                "student": dist.gather_full(student.state_dict()) if fsdp else student.state_dict(),
+                "teacher": (dist.gather_full(teacher.state_dict()) if fsdp else teacher.state_dict())
+                if teacher is not None else None,
+                "optimizer": dist.gather_full(opt.state_dict()) if fsdp else opt.state_dict(),
+            }
+            if d.is_main:
+                ckpt.save_checkpoint(out_dir / "checkpoints", done, {
+                    **state,
+                    "rng": ckpt.capture_rng(),
+                    "data": {"sampler_position": _data_position(done, global_batch), "world_size": d.world_size,
+                             "global_batch": global_batch},
+                    "best": {"step": best_step, "score": best_score},
+                    "history": history,
+                    "config": tcfg.model_dump(mode="json"),
+                }, keep_last=tcfg.keep_last)
+            del state
         dist.barrier()
     metrics.close()
-    if d.is_main:
-        _export(out_dir / "final", student, teacher, tcfg)
+    _export(out_dir / "final", student, teacher, tcfg, write=d.is_main)
     return TrainResult(steps=tcfg.steps, best_step=best_step, best_score=best_score, history=history,
                        skipped=skipped)
 
 
-def _to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
-    """0-d tensors to Python floats with one host sync (float64 keeps the exact values of float())."""
-    if not values:
-        return {}
-    first = next(iter(values.values())).device
-    flat = torch.stack([v.detach().reshape(()).to(first, torch.float64) for v in values.values()]).tolist()
-    return dict(zip(values, flat))
+# --------------------------------------------------------------------------------------------
+# Logged values stay on the device between cadence points; one read settles them.
 
 
-def _data_position(step: int, clips_per_rank_step: int, world_size: int) -> int:
+@dataclass
+class _Pending:
+    row: dict[str, Any]  # the step's row; its device values are filled in by settle_rows
+    values: dict[str, torch.Tensor]  # 0-d tensors on the device
+    accum: int  # micro-batches of the step ...
+    ran: int  # ... and how many this rank really ran (its means are rescaled to those)
+    bad: torch.Tensor | None  # 0-d int count of non-finite losses / grad norm, on the device
+
+
+def _non_finite(outs: list[dict[str, torch.Tensor]], values: dict[str, torch.Tensor],
+                dev: torch.device) -> torch.Tensor | None:
+    """How many of this step's losses (and its grad norm) are not finite, as a device tensor (no sync)."""
+    checks = [o["loss"].detach().reshape(()) for o in outs]
+    if "grad_norm" in values:
+        checks.append(values["grad_norm"].detach().reshape(()))
+    if not checks:
+        return None
+    return (~torch.isfinite(torch.stack([c.to(dev, torch.float64) for c in checks]))).sum()
+
+
+def settle_rows(pending: list[_Pending], out_dir: Path) -> list[dict[str, Any]]:
+    """Read every pending row's values from the device at once (one host sync), fill the rows in.
+
+    The non-finite guard lives here: the ranks agree on the first step with a non-finite loss
+    (or grad norm) on any rank and all raise ``TrainingError`` together, before the caller
+    evaluates, exports or checkpoints anything — so no checkpoint ever holds a non-finite state.
+    Returns the rows, complete, in step order.
+    """
+    tensors: list[torch.Tensor] = []
+    for p in pending:
+        tensors.extend(v.reshape(()).to(torch.float64) for v in p.values.values())
+        tensors.append(p.bad.to(torch.float64) if p.bad is not None else torch.zeros((), dtype=torch.float64))
+    flat = _read_back(tensors)
+    bad_here, at = [], 0
+    for p in pending:
+        vals = flat[at:at + len(p.values)]
+        at += len(p.values)
+        bad_here.append(int(flat[at]))
+        at += 1
+        logged = dict(zip(p.values, vals))
+        if 0 < p.ran < p.accum:  # the mean over the micro-batches this rank really ran
+            logged = {k: v if k in ("grad_norm", "l2") else v * p.accum / p.ran for k, v in logged.items()}
+        p.row.update(logged)
+    bad_any = dist.sum_over_ranks(bad_here)
+    for p, mine, anywhere in zip(pending, bad_here, bad_any):
+        if anywhere:
+            where = _fmt({k: v for k, v in p.row.items() if k in p.values}) if mine else "on another rank"
+            raise TrainingError(
+                f"non-finite loss at step {p.row['step'] - 1} ({where}); stopped. The last good checkpoint in "
+                f"{out_dir / 'checkpoints'} is intact: lower train.lr or check the input clips, then resume.")
+    return [p.row for p in pending]
+
+
+def _read_back(tensors: list[torch.Tensor]) -> list[float]:
+    """0-d tensors (one device) to Python floats with one host sync (float64: the exact values of float())."""
+    if not tensors:
+        return []
+    return torch.stack(tensors).tolist()
+
+
+def _data_position(step: int, global_batch: int) -> int:
     """Clips of the global sample stream consumed after ``step`` steps (all ranks together)."""
-    return step * clips_per_rank_step * world_size
+    return step * global_batch
 
 
-def _check_data_position(state: dict[str, Any], clips_per_rank_step: int, world_size: int, path: Path) -> None:
+def _check_data_position(state: dict[str, Any], global_batch: int, world_size: int, path: Path) -> None:
     """The data stream resumes where the checkpoint left it: the same position for the same step.
 
-    Batch size and accumulation are part of the config (checked above); what else moves the
-    position is the number of ranks, so a mismatch names it."""
+    The position is step × global batch, so a checkpoint resumes on any number of ranks that keeps
+    the global batch (``train.global_batch_size``); without it the global batch is batch_size ×
+    grad_accum × ranks, and another number of ranks would move the stream."""
     data = state.get("data", {})
     if "sampler_position" not in data:
         return  # written before positions were recorded
-    want = _data_position(state["step"], clips_per_rank_step, world_size)
+    want = _data_position(state["step"], global_batch)
     if data["sampler_position"] != want:
         then = data.get("world_size", "another number of")
         raise TrainingError(
             f"{path}: the checkpoint's data stream is at clip {data['sampler_position']} after step {state['step']} "
-            f"(written with {then} ranks), but with {world_size} rank(s) this run would be at clip {want}: "
-            "resume with the same number of ranks, or start fresh with train.resume=none")
+            f"(written with {then} ranks), but this run's global batch of {global_batch} ({world_size} rank(s)) "
+            f"would be at clip {want}: resume with the same number of ranks, or keep the global batch on any "
+            "number of ranks with train.global_batch_size, or start fresh with train.resume=none")
 
 
 def _check_same_run(state: dict[str, Any], tcfg: TrainConfig, path: Path) -> None:
-    """Resuming continues the same run: a checkpoint written under other settings (λ included) is refused."""
-    now = {**tcfg.model_dump(mode="json"), "resume": None}
-    then = {**state.get("config", {}), "resume": None}
-    diff = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
+    """Resuming continues the same run: a checkpoint written under other settings (λ included) is
+    refused; settings of how the run executes (``TrainConfig.EXECUTION_FIELDS``) may differ."""
+    skip = dict.fromkeys(TrainConfig.EXECUTION_FIELDS)
+    defaults = TrainConfig().model_dump(mode="json")
+    now = {**tcfg.model_dump(mode="json"), **skip}
+    then = {**state.get("config", {}), **skip}
+    # a field this version added reads as its default in an older checkpoint
+    diff = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k, defaults.get(k)))
     if diff:
         raise TrainingError(f"{path} was written with different settings ({', '.join(diff)}); resume it with the "
                             "same config, or start fresh with train.resume=none or another --out")
@@ -568,24 +719,43 @@ def exported_encoder(student: Student, teacher: nn.Module | None, tcfg: TrainCon
     return teacher if (teacher is not None and tcfg.teacher == "ema") else student.encoder
 
 
-def _export(folder: Path, student: Student, teacher: nn.Module | None, tcfg: TrainConfig) -> None:
-    enc = exported_encoder(student, teacher, tcfg)
-    export_encoder(student.model, folder / "encoder", encoder_state=enc.state_dict())
-    if student.head is not None:
+def _export(folder: Path, student: Student, teacher: nn.Module | None, tcfg: TrainConfig, write: bool) -> None:
+    """``folder/encoder`` (HF format) and ``folder/head.safetensors``, written where ``write`` (rank 0).
+
+    Under FSDP every rank calls it (the full tensors are gathered from the shards) and the model is
+    saved from an unsharded copy built on the meta device; otherwise only the writer does any work."""
+    sharded = any(dist.is_sharded(v) for v in student.model.state_dict().values())
+    if not (write or sharded):
+        return
+    enc_state = dist.gather_full(exported_encoder(student, teacher, tcfg).state_dict())
+    head_state = dist.gather_full(student.head.state_dict()) if student.head is not None else None
+    model = student.model
+    if sharded:
+        full = dist.gather_full(model.state_dict())
+        if write:
+            with torch.device("meta"):
+                model = type(model)(model.config)
+            model.load_state_dict(full, assign=True)
+    if not write:
+        return
+    export_encoder(model, folder / "encoder", encoder_state=enc_state)
+    if head_state is not None:
         from safetensors.torch import save as st_save
 
         storage.write_bytes(folder / "head.safetensors",
-                            st_save({k: v.contiguous().cpu() for k, v in student.head.state_dict().items()}))
+                            st_save({k: v.contiguous().cpu() for k, v in head_state.items()}))
 
 
 # --------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def evaluate(student: Student, teacher: nn.Module | None, val_set: ClipDataset, probe_set: ClipDataset,
-             masker: MultiblockMasker | None, tcfg: TrainConfig, anchors: list[torch.Tensor], dev: torch.device,
-             dtype: str) -> dict[str, Any]:
-    """Val JEPA and motion_aux losses, a nearest-centroid probe on val, collapse and drift monitors."""
+def evaluate(student: Student, teacher: nn.Module | None, targets_of: nn.Module | None, val_set: ClipDataset,
+             probe_set: ClipDataset, masker: MultiblockMasker | None, tcfg: TrainConfig, anchors: list[torch.Tensor],
+             dev: torch.device, dtype: str) -> dict[str, Any]:
+    """Val JEPA and motion_aux losses, a nearest-centroid probe on val, collapse and drift monitors.
+
+    Every rank runs it on the whole val set (under FSDP its forwards are collectives)."""
     student.eval()
     enc = exported_encoder(student, teacher, tcfg)
     sums: dict[str, float] = {}
@@ -594,7 +764,7 @@ def evaluate(student: Student, teacher: nn.Module | None, val_set: ClipDataset, 
     for batch in build_eval_loader(val_set, tcfg.batch_size, masker):
         if batch["video"] is None:
             continue
-        moved, targets, out = _forward(student, teacher, batch, tcfg.motion_aux_weight or 1.0, dev, dtype)
+        moved, targets, out = _forward(student, targets_of, batch, tcfg.motion_aux_weight or 1.0, dev, dtype)
         video = moved["video"]
         with autocast_context(dev.type, dtype):
             feats = encode_full(enc, video).mean(dim=1).float()  # (B, D)
@@ -649,7 +819,7 @@ def _per_block_drift(encoder: nn.Module, anchors: list[torch.Tensor]) -> list[fl
     """‖θ−θ₀‖/‖θ₀‖ of each encoder block as a whole (its tensors pooled)."""
     names = [n for n, _ in encoder.named_parameters()]
     dev2 = deviation_norms(list(encoder.parameters()), anchors).pow(2).tolist()  # per tensor
-    ref2 = [float(a.float().norm()) ** 2 for a in anchors]  # ‖θ₀‖² per tensor
+    ref2 = [r ** 2 for r in tensor_norms(anchors).tolist()]  # ‖θ₀‖² per tensor
     out = []
     for i in range(len(encoder.layer)):
         idx = [j for j, n in enumerate(names) if n.startswith(f"layer.{i}.")]

@@ -60,8 +60,10 @@ def motion_aux_loss(
     labels = labels.long()
     labeled = labels != IGNORE_LABEL
     n_labeled = labeled.sum()
-    if bool((labels[labeled] < 0).any()) or bool((labels[labeled] >= logits.shape[1]).any()):
-        raise ValueError(f"motion labels must be in [0, {logits.shape[1]}) or {IGNORE_LABEL}, got {labels.tolist()}")
+    # Checked where it is free: on a GPU the check would read back from the device at every call (a
+    # host sync per micro-batch); the trainer checks its targets once before training (check_labels).
+    if labels.device.type == "cpu":
+        check_labels(labels, logits.shape[1])
     # sum / max(n, 1): 0 when no clip is labelled (cross_entropy's 'mean' would give NaN).
     ce_sum = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL, reduction="sum")
     ce = ce_sum / n_labeled.clamp(min=1)
@@ -84,3 +86,11 @@ def motion_aux_loss(
         "n_reg": n_reg.detach(),
     }
     return total, parts
+
+
+def check_labels(labels: torch.Tensor | list[int], num_classes: int) -> None:
+    """Motion labels are class indices in [0, num_classes) or IGNORE_LABEL; ValueError otherwise."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    labeled = labels != IGNORE_LABEL
+    if bool((labels[labeled] < 0).any()) or bool((labels[labeled] >= num_classes).any()):
+        raise ValueError(f"motion labels must be in [0, {num_classes}) or {IGNORE_LABEL}, got {labels.tolist()}")

@@ -2,7 +2,9 @@
 
 All functions take parallel lists (params[i] <-> anchors[i]) and use the ``torch._foreach_*``
 kernels so a billion-parameter encoder costs a handful of fused launches, not one per tensor.
-Anchors (theta_0) are plain tensors on the same device as the parameters.
+Anchors (theta_0) are tensors like the parameters: on their device, and FSDP shards (DTensors)
+of the same placement when the parameters are sharded — then every norm here is the norm of the
+whole tensor (its shards reduced over the ranks), returned as a plain tensor.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ def _as_lists(
         if p.shape != o.shape:
             raise ValueError(f"{what}: tensor {i} has shape {tuple(p.shape)} but its reference {tuple(o.shape)}")
     return params, others
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (a value computed from FSDP shards) as the plain tensor of its full value; a tensor as is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def snapshot(params: Iterable[torch.Tensor], device: torch.device | str | None = None) -> list[torch.Tensor]:
@@ -64,7 +71,7 @@ def add_l2_anchor_grad_(
         return torch.zeros(())
     diffs = torch._foreach_sub(params, anchors)
     # Accumulate in fp32: bf16 squares of many tensors would lose the small drifts we measure.
-    value = lam * torch.stack([n.float() for n in torch._foreach_norm(diffs)]).pow(2).sum()
+    value = _full(lam * torch.stack([n.float() for n in torch._foreach_norm(diffs)]).pow(2).sum())
     torch._foreach_mul_(diffs, 2.0 * lam)
     for p, d in zip(params, diffs):
         if p.grad is None:
@@ -80,7 +87,16 @@ def deviation_norms(params: Iterable[torch.Tensor], anchors: Iterable[torch.Tens
     params, anchors = _as_lists(params, anchors, "deviation_norms")
     if not params:
         return torch.zeros(0)
-    return torch.stack([n.float() for n in torch._foreach_norm(torch._foreach_sub(params, anchors))])
+    return _full(torch.stack([n.float() for n in torch._foreach_norm(torch._foreach_sub(params, anchors))]))
+
+
+@torch.no_grad()
+def tensor_norms(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """(N,) float32: ||t_i|| per tensor (the whole tensor's, also for FSDP shards)."""
+    tensors = list(tensors)
+    if not tensors:
+        return torch.zeros(0)
+    return _full(torch.stack([t.float().norm() for t in tensors]))
 
 
 @torch.no_grad()
@@ -90,7 +106,7 @@ def relative_drift(params: Iterable[torch.Tensor], anchors: Iterable[torch.Tenso
     if not params:
         return []
     dev = deviation_norms(params, anchors)
-    ref = torch.stack([n.float() for n in torch._foreach_norm(anchors)])
+    ref = _full(torch.stack([n.float() for n in torch._foreach_norm(anchors)]))
     rel = torch.where(ref > 0, dev / torch.where(ref > 0, ref, torch.ones_like(ref)), torch.full_like(ref, float("nan")))
     return rel.tolist()
 
@@ -116,19 +132,19 @@ def spd_step(
     if not params:
         return torch.zeros(0)
     diffs = torch._foreach_sub(params, anchors)  # W - W0
-    cur = torch.stack([n.float() for n in torch._foreach_norm(diffs)])  # (N,)
-    prev = torch.as_tensor(prev_norms, dtype=torch.float32, device=cur.device)
+    cur = _full(torch.stack([n.float() for n in torch._foreach_norm(diffs)]))  # (N,)
+    prev = torch.as_tensor(_full(prev_norms) if isinstance(prev_norms, torch.Tensor) else prev_norms,
+                           dtype=torch.float32, device=cur.device)
     if prev.shape != cur.shape:
         raise ValueError(f"spd_step: {cur.numel()} tensors but {prev.numel()} previous norms")
     safe = torch.where(cur > 0, cur, torch.ones_like(cur))
     ratio = torch.where(cur > 0, (cur - prev) / safe, torch.zeros_like(cur)).clamp(0.0, 1.0)
-    # One host sync per step; lets us skip every tensor that needs no projection.
-    scales = (-lam * ratio).tolist()
-    idx = [i for i, s in enumerate(scales) if s != 0.0]
-    if idx:
-        moved = [diffs[i] for i in idx]
-        torch._foreach_mul_(moved, [scales[i] for i in idx])
-        torch._foreach_add_([params[i] for i in idx], moved)
+    # No host sync: every tensor is projected by its scale on the device, 0 for one that needs none
+    # (W + 0·(W − W0) is W exactly, so the result is that of projecting only the moved tensors).
+    scales = list((-lam * ratio).unbind())  # 0-d tensors on the device
+    local = [d.to_local() if hasattr(d, "to_local") else d for d in diffs]  # (FSDP: this rank's shard)
+    torch._foreach_mul_(local, scales)
+    torch._foreach_add_(list(params), diffs)
     return ratio
 
 
