@@ -35,7 +35,7 @@ def test_bad_config_key_is_one_line_no_traceback():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: config error: probe.lrr: unknown key (allowed: kind, lr, weight_decay, batch_size, epochs, "
-        "depth, num_heads, sweep, bootstrap_resamples, seed)"
+        "depth, num_heads, sweep, bootstrap_resamples, seed, also_linear, linear_lr, flow_ceiling)"
     ]
     assert "Traceback" not in proc.stderr
 

@@ -51,7 +51,7 @@ def test_override_parsing():
         ("probe.kind=mlp", "probe.kind: Input should be 'attentive' or 'linear'"),
         ("probe.lr=fast", "probe.lr: Input should be a valid number"),
         ("trian.steps=3", "trian: unknown key"),
-        ("train.warmup_steps=999", "train.warmup_steps: 999 exceeds train.steps=200"),
+        ("train.warmup_steps=999", "train.warmup_steps: 999 exceeds train.steps=150"),
         ("tag.backend=openai", "tag.base_url: required when tag.backend=openai"),
         ("data.split_ratios=[0.6,0.3,0.3]", "data.split_ratios: must be three positive shares summing to 1"),
         ("data.num_frames=15", "data.num_frames: 15 must be even"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_video
+
 from vjepa_adapt.data.clips import Clip
 from vjepa_adapt.evaluate import embed as E
 from vjepa_adapt.models.vjepa import build_model

@@ -26,8 +26,8 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, pred_hid
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """16 synthetic clips + one unreadable clip (a manifest), and a tiny random V-JEPA 2 folder."""
-    from vjepa_adapt.world import generate_world
     from vjepa_adapt.models.vjepa import build_model
+    from vjepa_adapt.world import generate_world
 
     root = tmp_path_factory.mktemp("world")
     generate_world(root / "w", num_clips=16, style="target", seed=0, width=64, height=48, num_frames=20, fps=16.0,

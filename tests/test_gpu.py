@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from test_train import DATA, MASKING, TINY, _aux, clips  # noqa: F401  (clips is a fixture)
+
 from vjepa_adapt.config import Stage, TrainConfig
 from vjepa_adapt.models.heads import MotionAuxHead
 from vjepa_adapt.models.vjepa import build_model

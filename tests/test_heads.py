@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from vjepa_adapt.models.heads import AttentiveProbe, LinearProbe, MotionAuxHead, default_num_heads
+from vjepa_adapt.models.heads import (
+    AttentiveProbe,
+    LinearProbe,
+    MotionAuxHead,
+    default_num_heads,
+)
 
 
 def n_params(m: torch.nn.Module) -> int:

@@ -13,8 +13,11 @@ from vjepa_adapt.evaluate.probe import (
     build_probe,
     compare_arms,
     evaluate_probe,
+    feature_stats,
     load_probe_results,
+    probe_flags,
     run_probe,
+    standardize,
     train_probe,
 )
 
@@ -116,7 +119,7 @@ def test_sweep_picks_best_val_and_first_on_ties(tmp_path, monkeypatch):
         torch.manual_seed(0)
         model = build_probe("attentive", D, num_classes)
         kwargs = dict(kind="attentive", dim=D, num_classes=num_classes)
-        return ProbeRun(model.state_dict(), kwargs, 1, val_by_lr[lr], lr, weight_decay, [{"epoch": 1}])
+        return ProbeRun(model.state_dict(), kwargs, 1, val_by_lr[lr], lr, weight_decay, [{"epoch": 1, "train_acc": 1.0}])
 
     monkeypatch.setattr(probe_mod, "train_probe", fake_train)
     res = run_probe(feats, labels, splits, CLASSES, tmp_path, sweep=[(1e-3, 0.1), (2e-3, 0.0), (3e-3, 0.05)], **FAST)
@@ -155,7 +158,8 @@ def test_files_written_and_reloaded(tmp_path):
     model = build_probe(**saved["model_kwargs"])
     model.load_state_dict(saved["state_dict"])
     test_rows = [feats["clip_ids"].index(c) for c in back.clip_ids]
-    np.testing.assert_allclose(evaluate_probe(model, feats["tokens"][test_rows])[1], back.logits, rtol=1e-5, atol=1e-6)
+    x = standardize(feats["tokens"][test_rows], saved["feature_mean"].numpy(), saved["feature_std"].numpy())
+    np.testing.assert_allclose(evaluate_probe(model, x)[1], back.logits, rtol=1e-5, atol=1e-6)
 
 
 def test_linear_probe_on_mean_vectors(tmp_path):
@@ -231,3 +235,32 @@ def test_read_predictions_rejects_non_integer_labels(tmp_path):
     storage.write_text(tmp_path / "predictions.csv", "clip_id,label,pred,correct\nc0,fast,1,0\n")
     with pytest.raises(BadInputError, match="integer class ids"):
         probe_mod.read_predictions(tmp_path / "predictions.csv")
+
+
+def test_feature_stats_and_standardize_on_hand_values():
+    train = np.array([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0]], dtype=np.float32)  # dim 1 is constant
+    mean, std = feature_stats(train)
+    np.testing.assert_allclose(mean, [2.0, 5.0, 3.0])
+    np.testing.assert_allclose(std, [1.0, 1.0, 1.0])  # population std 1, 0 -> 1, 1
+    np.testing.assert_allclose(standardize(np.array([[4.0, 6.0, 3.0]]), mean, std), [[2.0, 1.0, 0.0]])
+    tokens = np.array([[[0.0], [2.0]], [[4.0], [6.0]]], dtype=np.float32)  # (N=2, T=2, D=1): over clips x tokens
+    mean, std = feature_stats(tokens)
+    assert mean.tolist() == [3.0] and std.tolist() == pytest.approx([5 ** 0.5])
+
+
+def test_standardized_probe_sees_features_of_any_scale(tmp_path):
+    feats, labels, splits = make_clusters()
+    tiny = {"clip_ids": feats["clip_ids"], "tokens": feats["tokens"] * 1e-4}
+    on = run_probe(tiny, labels, splits, CLASSES, tmp_path / "on", **FAST)
+    off = run_probe(tiny, labels, splits, CLASSES, tmp_path / "off", standardize_features=False, **FAST)
+    assert on.metrics["standardized"] and not off.metrics["standardized"]
+    assert on.metrics["top1"] > off.metrics["top1"] + 0.2
+
+
+def test_probe_flags_name_one_class_and_no_fit():
+    assert probe_flags(np.array([0, 1, 2, 3] * 5), train_acc=0.9, num_classes=4) == []
+    one = probe_flags(np.array([2] * 19 + [1]), train_acc=0.9, num_classes=4)  # 95% one class
+    assert one == ["predicts one class for 95% of test clips"]
+    assert probe_flags(np.array([0, 1, 2, 3]), train_acc=0.30, num_classes=4) == [
+        "train accuracy 30% stays near chance (25%)"]  # 0.30 < 1.5 x 0.25
+    assert probe_flags(np.array([0, 1, 2, 3]), train_acc=0.40, num_classes=4) == []

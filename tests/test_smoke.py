@@ -1,7 +1,7 @@
 """End-to-end smoke test of the whole pipeline on tiny settings (the CI's one full run).
 
-synth → clips → tag → motion → base → pretrain / pretrain-head, segment → factorize → surgery /
-surgery-head → embed (7 arms) → probe → plots → compare; then a second run skips every stage, and a probe setting re-runs exactly its dependents.
+synth → clips → tag → motion → (from the packaged base) pretrain / pretrain-head, segment → factorize → surgery /
+surgery-head → embed (7 arms) → probe (attentive + linear) and the flow ceiling → plots → compare; then a second run skips every stage, and a probe setting re-runs exactly its dependents.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import json
 from vjepa_adapt.cli import main
 
 TINY = [
-    "synth.source_clips=16", "synth.target_clips=64", "synth.width=64", "synth.height=48", "synth.num_frames=20",
+    "synth.target_clips=64", "synth.width=64", "synth.height=48", "synth.num_frames=20",
     "synth.clips_per_video=2", "data.num_frames=8", "data.size=32", "model.patch_size=16",
-    "base.steps=3", "base.warmup_steps=1", "base.batch_size=4",
     "train.steps=3", "train.warmup_steps=1", "train.batch_size=4", "train.eval_every=3", "train.checkpoint_every=3",
     "arms.head_only_steps=2", "motion.num_classes=4", "motion.min_count_per_split=1",
     "probe.epochs=2", "probe.bootstrap_resamples=200", "embed.pooled_grid=[1,2,2]",
@@ -35,7 +34,8 @@ def test_demo_end_to_end_then_cached_then_partial_rerun(tmp_path, capsys):
     summary = json.loads((run / "report" / "summary.json").read_text())
     arms = summary["arms"]
     assert set(arms) == {"frozen", "random_init", "frame_shuffled", "pretrain", "pretrain_head", "surgery",
-                         "surgery_head"}
+                         "surgery_head", "flow_ceiling"}
+    assert all("linear" in row for a, row in arms.items() if a != "flow_ceiling")  # next to the attentive probe
     for name, row in arms.items():
         assert set(row) >= {"top1", "ci_low", "ci_high", "delta_vs_frozen", "delta_ci_low", "delta_ci_high",
                             "p_value", "n_test", "num_classes"}
@@ -44,6 +44,7 @@ def test_demo_end_to_end_then_cached_then_partial_rerun(tmp_path, capsys):
     assert arms["frozen"]["delta_vs_frozen"] == 0
     out = capsys.readouterr().out
     assert "Δ vs frozen" in out and "b/c" in out and "macro-F1" in out and "report/index.html" in out
+    assert "flow_ceiling = a linear probe on the 23-D flow features" in out
     assert "discordant" in arms["pretrain"] and "head" in arms["pretrain_head"] and "head" in arms["surgery_head"]
     assert (run / "report" / "summary.md").exists() and (run / "plots" / "trainer_pretrain.png").exists()
     assert "pretrain_head" in (run / "report" / "index.html").read_text()

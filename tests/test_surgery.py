@@ -16,7 +16,13 @@ import torch
 from conftest import write_video
 from test_train import DATA, MASKING, TINY, _moving_square
 
-from vjepa_adapt.config import MaskingConfig, Stage, SurgeryConfig, TrainConfig, load_config
+from vjepa_adapt.config import (
+    MaskingConfig,
+    Stage,
+    SurgeryConfig,
+    TrainConfig,
+    load_config,
+)
 from vjepa_adapt.data.clips import Clip
 from vjepa_adapt.data.loader import (
     STREAMS,
@@ -28,7 +34,13 @@ from vjepa_adapt.data.loader import (
     stream_counts,
 )
 from vjepa_adapt.errors import ConfigError
-from vjepa_adapt.masking import MaskSpec, MultiblockMasker, TokenFlow, flow_to_token_units, token_flow
+from vjepa_adapt.masking import (
+    MaskSpec,
+    MultiblockMasker,
+    TokenFlow,
+    flow_to_token_units,
+    token_flow,
+)
 from vjepa_adapt.models.heads import MotionAuxHead
 from vjepa_adapt.models.vjepa import build_model
 from vjepa_adapt.stages.surgery import (
@@ -279,7 +291,7 @@ def test_each_recipe_switch_changes_exactly_what_it_should():
 
 
 def test_surgery_head_trains_the_head_on_the_pooled_factor_data():
-    cfg = load_config("demo")
+    cfg = load_config(None)  # schema defaults: SPEC's stages
     tcfg = surgery_head_train_config(cfg)
     assert tcfg.mode == "head_only" and tcfg.steps == cfg.arms.head_only_steps and tcfg.lr == cfg.arms.head_only_lr
     (stage,) = tcfg.stages
@@ -458,7 +470,7 @@ def test_a_stream_with_a_share_but_no_clips_fails_before_training(tmp_path, worl
 # ------------------------------------------------------------------------------------ 2 gloo ranks
 
 
-def _dist_worker(rank: int, world_size: int, port: int, folder: str) -> None:
+def _dist_worker(rank: int, world_size: int, port: int, folder: str, parallel: str = "ddp") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -470,7 +482,7 @@ def _dist_worker(rank: int, world_size: int, port: int, folder: str) -> None:
                for kind in ("layout", "agent")}
     streams = {k: Stream(s.clips, _aux(s.clips, j + 1)) for j, (k, s) in enumerate(streams.items())}
     train = TrainConfig(steps=1, batch_size=2, lr=1e-3, warmup_steps=1, eval_every=4, checkpoint_every=4,
-                        surgery=SurgeryConfig(lpft=False, stages=[
+                        parallel=parallel, surgery=SurgeryConfig(lpft=False, stages=[
                             Stage(name="layout", steps=2, unfreeze_fraction=0.25, mixture={"layout": 1.0}),
                             Stage(name="agent", steps=2, unfreeze_fraction=0.75, mixture={"agent": 0.5, "raw": 0.5})]))
     tcfg, masking = surgery_train_config(train, MASKING)
@@ -478,13 +490,14 @@ def _dist_worker(rank: int, world_size: int, port: int, folder: str) -> None:
     head = MotionAuxHead(32, 2, reg_dims=13)
     loop.train(tcfg=tcfg, data=DATA, masking=masking, model=model, head=head, train_clips=raw[:6], val_clips=raw[6:],
                aux=_aux(raw, 0), out_dir=os.path.join(folder, "run"), seed=3, streams=streams)
-    torch.save({**{k: v.detach().clone() for k, v in model.state_dict().items()},
-                **{f"head.{k}": v.detach().clone() for k, v in head.state_dict().items()}},
-               os.path.join(folder, f"rank{rank}.pt"))
+    state = dist.gather_full({**model.state_dict(), **{f"head.{k}": v for k, v in head.state_dict().items()}})
+    torch.save({k: v.detach().clone() for k, v in state.items()}, os.path.join(folder, f"rank{rank}.pt"))
     dist.shutdown()
 
 
-def test_two_gloo_ranks_stay_equal_across_a_stage_change_with_a_factor_mixture(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_gloo_ranks_stay_equal_across_a_stage_change_with_a_factor_mixture(tmp_path, parallel):
+    """Also fully sharded (FSDP2): the stage change flips requires_grad on the shards, no re-wrap."""
     import torch.multiprocessing as mp
     from test_dist import _free_port
 
@@ -493,7 +506,7 @@ def test_two_gloo_ranks_stay_equal_across_a_stage_change_with_a_factor_mixture(t
     for k, kind in enumerate(("layout", "agent")):
         for i in range(4):
             write_video(tmp_path / f"{kind}{i}.mp4", _moving_square(12, 3 if i % 2 else -3, 50 * (k + 1) + i), fps=10)
-    mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path), parallel), nprocs=2, join=True)
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for k in a:
@@ -568,7 +581,12 @@ def test_streamed_factor_clips_are_rebuilt_in_the_loader(tmp_path):
     from test_factors import clip_with_agents
 
     from vjepa_adapt.data.video import sample_frame_indices
-    from vjepa_adapt.factors import FactorParams, build_factor_clip, plan_factors, spec_to_row
+    from vjepa_adapt.factors import (
+        FactorParams,
+        build_factor_clip,
+        plan_factors,
+        spec_to_row,
+    )
     from vjepa_adapt.segmentation.masks import save_clip_masks
     from vjepa_adapt.segmentation.stage import masks_path
     from vjepa_adapt.stages.surgery import FactorFrames
@@ -605,7 +623,11 @@ def test_factor_targets_are_z_scored_per_stream_and_mirrored(tmp_path):
     from types import SimpleNamespace
 
     from vjepa_adapt import storage
-    from vjepa_adapt.motion.classes import classify_features, mirror_class, mirror_motion_aux_targets
+    from vjepa_adapt.motion.classes import (
+        classify_features,
+        mirror_class,
+        mirror_motion_aux_targets,
+    )
     from vjepa_adapt.stages.surgery import factor_streams
 
     rng = np.random.default_rng(0)

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from vjepa_adapt import world as S
-from vjepa_adapt.data.contact_sheet import SheetRow, overlay_instances, render_contact_sheet, write_contact_sheet
+from vjepa_adapt.data.contact_sheet import (
+    SheetRow,
+    overlay_instances,
+    render_contact_sheet,
+    write_contact_sheet,
+)
 from vjepa_adapt.data.encode import encode_video, write_video
 from vjepa_adapt.storage import read_jsonl
 
@@ -180,7 +185,8 @@ def test_agents_move_in_the_class_direction_and_layout_stays_put(worlds):
             else:
                 assert np.abs(m).max() < 1e-3, (truth.clip_id, o)
         speed = np.median((moved[truth.is_agent] @ d) / (T - 1)) / W
-        assert 0.5 * S.TIER_SPEED[tier] < speed < 1.8 * S.TIER_SPEED[tier]
+        planned = S.tier_speed(truth.style, tier)
+        assert 0.5 * planned < speed < 1.8 * planned
 
 
 def test_layout_objects_are_layout_and_parked_vehicles_exist(worlds):

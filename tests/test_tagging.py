@@ -23,7 +23,12 @@ from vjepa_adapt.tagging import (
     tag_clips,
 )
 from vjepa_adapt.tagging.frames import select_frames
-from vjepa_adapt.tagging.heuristic import HeuristicBackend, bin_index, measure_blockiness, threshold_confidence
+from vjepa_adapt.tagging.heuristic import (
+    HeuristicBackend,
+    bin_index,
+    measure_blockiness,
+    threshold_confidence,
+)
 from vjepa_adapt.tagging.openai_server import OpenAIServerBackend
 from vjepa_adapt.tagging.parse import coerce_confidence, extract_json_text
 from vjepa_adapt.tagging.taxonomy import build_taxonomy

@@ -22,9 +22,9 @@ from vjepa_adapt.models.vjepa import (
     autocast_context,
     build_config,
     build_model,
+    enable_activation_checkpointing,
     encode_context,
     encode_full,
-    enable_activation_checkpointing,
     export_encoder,
     load_model,
     predict,
@@ -444,7 +444,11 @@ def test_pool_tokens_hand_computed():
 
 @pytest.mark.slow
 def test_compile_blocks_keeps_outputs_and_parameter_names():
-    from vjepa_adapt.models.vjepa import apply_performance_switches, build_model, encode_full
+    from vjepa_adapt.models.vjepa import (
+        apply_performance_switches,
+        build_model,
+        encode_full,
+    )
 
     torch.manual_seed(0)
     model = build_model("tiny", crop_size=32, frames_per_clip=8, hidden_size=32, num_hidden_layers=1,

@@ -113,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             _add_common(p, "folder of videos, manifest (.csv/.jsonl) or shard pattern (default: data.clips, "
                            "else the run's synthetic target world)")
+    p = sub.add_parser("base", help="train the demo's base encoder (stand-in for Meta's weights) on the source world",
+                       description="Renders base.clips source-style clips, labels their motion, trains the tiny V-JEPA 2\n"
+                                   "(base.*: JEPA + motion_aux on the source labels), probes the frozen result on the\n"
+                                   "source style and writes OUT/base.json. --ship puts it into the package, where a run\n"
+                                   "on the synthetic world starts from it when model.weights is unset.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", metavar="DIR", help="its run folder (default runs/base)")
+    p.add_argument("--config", metavar="PRESET|YAML", help="default: the demo preset")
+    p.add_argument("--ship", action="store_true", help="copy the result into the package (vjepa_adapt/assets/demo_base)")
+    p.add_argument("--force", action="store_true", help="re-run every stage of it")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
     for name, help_line in (
         ("run", "run the whole stage graph from a config (skips up-to-date stages)"),
         ("demo", "the whole graph on the embedded default: synthetic world + tiny V-JEPA 2 on CPU"),
@@ -156,6 +167,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         stages.synth_command(cfg, out=args.out, num_clips=args.clips, style=args.style, seed=args.seed)
         return 0
+    if args.command == "base":
+        from vjepa_adapt import dist
+        from vjepa_adapt.stages.base import run_base_command
+
+        cfg = load_config(args.config or "demo", args.overrides)
+        dist.init(cfg.run.device)
+        try:
+            return run_base_command(cfg, args.out, do_ship=args.ship, force=args.force)
+        finally:
+            dist.shutdown()
     preset = args.config or ("demo" if args.command == "demo" else None)
     if args.command == "report" and not args.config:
         # the report of a run folder: that run's own resolved config, so nothing re-runs by accident

@@ -18,7 +18,12 @@ from torch import nn
 
 from vjepa_adapt import storage
 from vjepa_adapt.data.clips import Clip
-from vjepa_adapt.data.loader import ClipDataset, batch_to_device, build_eval_loader
+from vjepa_adapt.data.loader import (
+    ClipDataset,
+    FrameReader,
+    batch_to_device,
+    build_eval_loader,
+)
 from vjepa_adapt.models.pooling import mean_pool, pool_tokens
 from vjepa_adapt.models.vjepa import autocast_context, encode_full, token_grid
 from vjepa_adapt.progress import get_logger, progress
@@ -52,6 +57,7 @@ def embed_clips(
     num_workers: int = 0,
     frame_shuffle_seed: int | None = None,
     extra_features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    read: FrameReader | None = None,
 ) -> StageResult:
     """Encode ``clips`` into ``out_dir/features.npz``: clip_ids (N,), tokens (N, n, D') fp16, mean (N, D') fp32.
 
@@ -64,7 +70,7 @@ def embed_clips(
 
     work = make_embed_work(encoder, num_frames=num_frames, size=size, batch_size=batch_size, pooled_grid=pooled_grid,
                            device=device, dtype=dtype, num_workers=num_workers,
-                           frame_shuffle_seed=frame_shuffle_seed, extra_features=extra_features)
+                           frame_shuffle_seed=frame_shuffle_seed, extra_features=extra_features, read=read)
     parts = run_job(embed_job(clips, out_dir, chunk_size, lambda: work), engine="local")
     return StageResult() if parts is None else merge_chunks(out_dir, parts)
 
@@ -89,6 +95,7 @@ def make_embed_work(
     num_workers: int = 0,
     frame_shuffle_seed: int | None = None,
     extra_features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    read: FrameReader | None = None,
 ) -> Callable[[Sequence[Any]], Iterator[tuple[int, dict[str, np.ndarray]]]]:
     """``work(chunks) -> (chunk index, chunk arrays)``: clip_ids, tokens (n, k, D') fp16, mean (n, D'), skipped.
 
@@ -111,7 +118,7 @@ def make_embed_work(
             lo = hi
         if not batches:
             return
-        ds = ClipDataset(clips, num_frames=num_frames, size=size, seed=0, train=False)
+        ds = ClipDataset(clips, num_frames=num_frames, size=size, seed=0, train=False, read=read)
         loader = build_eval_loader(ds, batch_size, batches=batches, num_workers=num_workers)
         acc: dict[str, list] = {"ids": [], "tokens": [], "mean": [], "skipped": []}
         current = batch_chunk[0]

@@ -11,7 +11,8 @@ presence marks a complete run):
 - ``predictions.csv`` — clip_id,label,pred,correct (one row per test clip, integer class ids)
 - ``logits.npz``      — clip_ids (str), logits (n_test, K) float32, labels, preds
 - ``history.json``    — {"lr", "weight_decay", "best_epoch", "history": [per-epoch dicts], "sweep": [...]}
-- ``probe.pt``        — {"state_dict", "model_kwargs"} of the chosen probe (``load_torch``-able)
+- ``probe.pt``        — {"state_dict", "model_kwargs", "feature_mean", "feature_std"} of the chosen probe
+                        (``load_torch``-able; its input is standardised with the train split's statistics)
 - ``metrics.json``    — top1 + BCa CI, per-class accuracy, macro-F1, counts, chosen hyperparameters
 """
 
@@ -42,13 +43,15 @@ from vjepa_adapt.evaluate.stats import (
     paired_bootstrap,
     per_class_accuracy,
 )
-from vjepa_adapt.train.schedules import warmup_cosine
 from vjepa_adapt.models.heads import AttentiveProbe, LinearProbe
 from vjepa_adapt.progress import get_logger
+from vjepa_adapt.train.schedules import warmup_cosine
 
 log = get_logger("probe")
 
 PROBE_KINDS = ("attentive", "linear")
+ONE_CLASS_SHARE = 0.9  # flag: this share of test predictions (or more) is one class
+NEAR_CHANCE = 1.5  # flag: best-epoch train accuracy below this multiple of chance
 SPLITS = ("train", "val", "test")
 EVAL_BATCH_SIZE = 256
 
@@ -335,6 +338,37 @@ def _nan_to_none(values: np.ndarray) -> list[float | None]:
     return [None if math.isnan(v) else float(v) for v in values]
 
 
+def feature_stats(train: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) per feature dimension of the train split; tokens ``(N, T, D)`` pooled over clips
+    and tokens. A constant dimension gets std 1 (it stays 0 rather than blowing up)."""
+    axes = tuple(range(train.ndim - 1))
+    x = train.astype(np.float32)
+    mean, std = x.mean(axis=axes), x.std(axis=axes)
+    return mean, np.where(std > eps, std, 1.0).astype(np.float32)
+
+
+def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(x - mean) / std`` per feature dimension (the train statistics, for every split alike).
+
+    Without it a probe's optimiser sees whatever scale an encoder happens to produce (one encoder's
+    features span 1e-3, another's 1e2), and the same lr fits one and not the other."""
+    return ((x.astype(np.float32) - mean) / std).astype(np.float32)
+
+
+def probe_flags(preds: np.ndarray, train_acc: float, num_classes: int) -> list[str]:
+    """Why a probe's score would not mean anything: it predicts (nearly) one class, or it never fit
+    its own train split."""
+    out = []
+    if preds.size:
+        share = float(np.bincount(preds, minlength=num_classes).max() / preds.size)
+        if share >= ONE_CLASS_SHARE:
+            out.append(f"predicts one class for {share:.0%} of test clips")
+    chance = 1.0 / num_classes
+    if train_acc < NEAR_CHANCE * chance:
+        out.append(f"train accuracy {train_acc:.0%} stays near chance ({chance:.0%})")
+    return out
+
+
 def run_probe(
     features: Mapping[str, Any],
     labels: Mapping[str, int],
@@ -357,6 +391,7 @@ def run_probe(
     n_resamples: int = 10_000,
     alpha: float = 0.05,
     device: str = "cpu",
+    standardize_features: bool = True,
 ) -> ProbeResult:
     """Train (optionally sweeping lr × wd, chosen on val top-1), score test once, write ``out_dir``.
 
@@ -375,6 +410,9 @@ def run_probe(
     y_all = np.asarray([labels.get(c, -1) for c in clip_ids], dtype=np.int64)
     x_np = x_all if isinstance(x_all, np.ndarray) else torch.as_tensor(x_all).cpu().numpy()
     part = {s: (x_np[r], y_all[r]) for s, r in rows.items()}
+    stats = feature_stats(part["train"][0]) if standardize_features else None  # train statistics only
+    if stats is not None:
+        part = {s: (standardize(x, *stats), y) for s, (x, y) in part.items()}
 
     grid = list(sweep) if sweep else [(lr, weight_decay)]
     runs: list[ProbeRun] = []
@@ -395,9 +433,16 @@ def run_probe(
     preds, logits = evaluate_probe(model, part["test"][0], device=device)
     top1, ci_low, ci_high = bootstrap_ci_bca(preds == test_y, n_resamples=n_resamples, alpha=alpha, seed=seed)
     support = np.bincount(test_y, minlength=num_classes)
+    best_row = chosen.history[chosen.best_epoch - 1]
+    flags = probe_flags(preds, float(best_row["train_acc"]), num_classes)
+    for f in flags:
+        log.warning("probe %s: %s — its top-1 does not measure the encoder", kind, f)
     metrics = {
         "kind": kind,
         "top1": top1,
+        "flags": flags,
+        "standardized": standardize_features,
+        "train_top1": float(best_row["train_acc"]),
         "ci_low": ci_low,
         "ci_high": ci_high,
         "ci_method": "bca",
@@ -438,7 +483,12 @@ def run_probe(
         "sweep": [{"lr": r.lr, "weight_decay": r.weight_decay, "best_epoch": r.best_epoch, "history": r.history}
                   for r in runs],
     })
-    storage.save_torch(out / "probe.pt", {"state_dict": chosen.state_dict, "model_kwargs": chosen.model_kwargs})
+    storage.save_torch(out / "probe.pt", {
+        "state_dict": chosen.state_dict, "model_kwargs": chosen.model_kwargs,
+        # what its input was standardised with (None: raw features): apply before evaluate_probe
+        "feature_mean": torch.from_numpy(stats[0]) if stats else None,
+        "feature_std": torch.from_numpy(stats[1]) if stats else None,
+    })
     storage.write_json(out / "metrics.json", metrics)  # last: marks the run complete
     log.info("probe %s: test top-1 %.4f [%.4f, %.4f] on %d clips (val %.4f, epoch %d)",
              kind, top1, ci_low, ci_high, len(test_ids), chosen.best_val_acc, chosen.best_epoch)

@@ -50,7 +50,9 @@ BASE_SKIP_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, EOFErr
 
 
 def default_skip_errors() -> tuple[type[BaseException], ...]:
-    from vjepa_adapt.data.video import VideoError  # lazy: keeps this module importable on its own
+    from vjepa_adapt.data.video import (
+        VideoError,  # lazy: keeps this module importable on its own
+    )
 
     return BASE_SKIP_ERRORS + (VideoError,)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from vjepa_adapt import storage
 from vjepa_adapt.report.run_files import find_pngs, stage_records
-from vjepa_adapt.report.summary import table_cells
+from vjepa_adapt.report.summary import explanations, table_cells
 
 REPORT_FILE = "index.html"
 MAX_IMAGE_BYTES = 8 * 2**20  # a larger PNG is listed, not inlined
@@ -122,7 +122,7 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
     ref = summary["reference"]
     cols = [("arm", "arm"), ("top1", "top-1"), ("ci", "95% CI"), ("delta", f"Δ vs {ref}"),
             ("delta_ci", "Δ 95% CI"), ("p", "p (exact)"), ("bc", "b / c"), ("macro_f1", "macro-F1"),
-            ("head", "head top-1"), ("n_test", "n test")]
+            ("linear", "linear top-1"), ("head", "head top-1"), ("n_test", "n test")]
     out = ['<div class="wide"><table id="summary-table" class="sortable"><thead><tr>']
     out += [f'<th data-col="{k}">{_e(label)}</th>' for k, label in cols]
     out.append("</tr></thead><tbody>")
@@ -132,6 +132,7 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
         sort = {"arm": arm, "top1": r["top1"], "ci": r["ci_low"], "delta": "" if is_ref else r["delta_vs_frozen"],
                 "delta_ci": "" if is_ref else r["delta_ci_low"], "p": "" if is_ref else r["p_value"],
                 "bc": "" if is_ref else sum(r["discordant"]), "macro_f1": r["macro_f1"],
+                "linear": r["linear"]["top1"] if "linear" in r else "",
                 "head": r["head"]["top1"] if "head" in r else "", "n_test": r["n_test"]}
         cls = ""
         if not is_ref:
@@ -297,6 +298,7 @@ def render_html(run_dir: str | os.PathLike, summary: Mapping[str, Any],
              + ("Head top-1: the head-only arm's motion_aux head on the test clips by itself. " if any(
                  "head" in r for r in summary["arms"].values()) else "")
              + "Click a column header to sort.</p>"
+             + "".join(f'<p class="note">{_e(line)}</p>' for line in explanations(summary))
              + (f"<ul>{''.join(notes)}</ul>" if notes else ""))
     sections.append(("comparison", "Comparison", table))
     figs = plot("top1.png", "top-1 per arm with 95% CI") + plot("delta_forest.png", f"paired delta vs {ref}")

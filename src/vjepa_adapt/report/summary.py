@@ -34,10 +34,10 @@ import numpy as np
 from vjepa_adapt import storage
 from vjepa_adapt.errors import BadInputError
 
+LINEAR_DIR = "linear"  # probe/<arm>/linear (stages/evaluate.py)
+FLOW_CEILING = "flow_ceiling"
 HEAD_EVAL_FILE = "head_eval.json"  # written next to the probe outputs of a head-only arm
 UNKNOWN_TAG = "unknown"
-ONE_CLASS_SHARE = 0.9  # flag: this share of test predictions (or more) is one class
-NEAR_CHANCE = 1.5  # flag: final train accuracy below this multiple of chance
 
 
 def discover_arms(run_dir: str | os.PathLike, reference: str | None = None) -> dict[str, Path]:
@@ -86,20 +86,6 @@ def tag_groups(clip_ids: Sequence[str], tags: Mapping[str, Mapping[str, Any]],
                 if len(ids) >= min_count}
         if kept:
             out[field] = kept
-    return out
-
-
-def _flags(metrics: Mapping[str, Any], preds: np.ndarray, history: Sequence[Mapping[str, Any]]) -> list[str]:
-    out = []
-    if preds.size:
-        share = np.bincount(preds).max() / preds.size
-        if share >= ONE_CLASS_SHARE:
-            out.append(f"predicts one class for {share:.0%} of test clips")
-    chance = float(metrics.get("chance") or 1.0 / metrics["num_classes"])
-    if history:
-        train_acc = float(history[-1].get("train_acc", 1.0))
-        if train_acc < NEAR_CHANCE * chance:
-            out.append(f"train accuracy {train_acc:.0%} stays near chance ({chance:.0%})")
     return out
 
 
@@ -170,7 +156,12 @@ def build_summary(
             row["per_tag"][field] = cells
         row["probe"] = {k: m.get(k) for k in ("kind", "lr", "weight_decay", "best_epoch", "val_top1", "epochs",
                                               "n_train", "n_val")}
-        row["flags"] = _flags(m, res.preds, res.history)
+        row["flags"] = list(m.get("flags", []))  # the probe's own health flags (evaluate/probe.py probe_flags)
+        lin = Path(probe_dirs[arm]) / LINEAR_DIR / "metrics.json"
+        if lin.is_file():  # the linear probe on the same arm's mean vectors (probe.also_linear)
+            lm = storage.read_json(lin)
+            row["linear"] = {k: lm[k] for k in ("top1", "ci_low", "ci_high", "macro_f1")}
+            row["linear"]["flags"] = list(lm.get("flags", []))
         head = _head_row(Path(probe_dirs[arm]))
         if head is not None:
             row["head"] = head
@@ -205,8 +196,25 @@ def table_cells(summary: Mapping[str, Any], arm: str) -> dict[str, str]:
         "bc": "" if ref else f"{r['discordant'][0]}/{r['discordant'][1]}",
         "macro_f1": f"{r['macro_f1']:.3f}",
         "head": f"{head['top1']:.1%}" if head else "",
+        "linear": f"{r['linear']['top1']:.1%}" if "linear" in r else "",
         "n_test": str(r["n_test"]),
     }
+
+
+def explanations(summary: Mapping[str, Any]) -> list[str]:
+    """The lines that explain the optional columns and rows (shared by the text table and the HTML)."""
+    lines = []
+    if any("linear" in r for r in summary["arms"].values()):
+        lines.append("linear = a linear probe on the same arm's mean-pooled features (same splits, same clips).")
+    if FLOW_CEILING in summary["arms"]:
+        lines.append(f"{FLOW_CEILING} = a linear probe on the 23-D flow features the labels are cut from: not an "
+                     "encoder, what the labels allow.")
+    src = summary.get("source_style")
+    if src:
+        lines.append(f"frozen on the source style (the style the base was trained on, {src['where']}): "
+                     f"{src['top1']:.1%} [{src['ci_low']:.1%}, {src['ci_high']:.1%}] on {src['n_test']} source test "
+                     f"clips; on this run's clips: {summary['arms'][summary['reference']]['top1']:.1%}.")
+    return lines
 
 
 def _footer(summary: Mapping[str, Any]) -> list[str]:
@@ -215,6 +223,7 @@ def _footer(summary: Mapping[str, Any]) -> list[str]:
              f"b/c = clips only {summary['reference']} / only the arm got right (exact McNemar p)."]
     if any("head" in r for r in summary["arms"].values()):
         lines.append("head = the head-only arm's motion_aux head scored on the test clips by itself.")
+    lines += explanations(summary)
     for arm, r in summary["arms"].items():
         for f in r.get("flags", []):
             lines.append(f"note: {arm}: {f}")
@@ -227,12 +236,12 @@ def format_table(summary: Mapping[str, Any]) -> str:
     arms = list(summary["arms"])
     width = max(18, *(len(a) + 1 for a in arms))
     header = (f"{'arm':<{width}} {'top-1':>7}  {'95% CI':<16} {'Δ vs ' + ref:>12}  {'Δ 95% CI':<16} {'p':>7} "
-              f"{'b/c':>7} {'macro-F1':>8} {'head':>6}  n_test")
+              f"{'b/c':>7} {'macro-F1':>8} {'linear':>7} {'head':>6}  n_test")
     lines = [header, "-" * len(header)]
     for arm in arms:
         c = table_cells(summary, arm)
         lines.append(f"{arm:<{width}} {c['top1']:>7}  {c['ci']:<16} {c['delta']:>12}  {c['delta_ci']:<16} {c['p']:>7} "
-                     f"{c['bc']:>7} {c['macro_f1']:>8} {c['head']:>6}  {c['n_test']}")
+                     f"{c['bc']:>7} {c['macro_f1']:>8} {c['linear']:>7} {c['head']:>6}  {c['n_test']}")
     return "\n".join(lines + _footer(summary))
 
 
@@ -243,12 +252,12 @@ def format_markdown(summary: Mapping[str, Any]) -> str:
     out = ["# Comparison", "",
            f"Every arm through the same probe on the same {summary['n_test']} test clips "
            f"({summary['num_classes']} classes). Reference arm: **{ref}**.", "",
-           f"| arm | top-1 | 95% CI | Δ vs {ref} | Δ 95% CI | p | b/c | macro-F1 | head top-1 | n_test |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           f"| arm | top-1 | 95% CI | Δ vs {ref} | Δ 95% CI | p | b/c | macro-F1 | linear top-1 | head top-1 | n_test |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         c = table_cells(summary, arm)
         out.append(f"| {arm} | {c['top1']} | {c['ci']} | {c['delta']} | {c['delta_ci']} | {c['p']} | {c['bc']} | "
-                   f"{c['macro_f1']} | {c['head']} | {c['n_test']} |")
+                   f"{c['macro_f1']} | {c['linear']} | {c['head']} | {c['n_test']} |")
     out += [""] + _footer(summary)
     names = summary["class_names"]
     support = summary["arms"][ref]["per_class"]

@@ -1,4 +1,4 @@
-"""Ch 10 stages: the demo's base encoder, continual pretraining and the head-only arm (one trainer)."""
+"""Ch 10 stages: continual pretraining and the head-only arm (one trainer); the demo base uses it too."""
 
 from __future__ import annotations
 
@@ -9,32 +9,8 @@ import torch
 from vjepa_adapt.config import PipelineConfig, TrainConfig
 from vjepa_adapt.pipeline import StageContext
 from vjepa_adapt.stage_result import StageResult
-from vjepa_adapt.stages.data import load_run_clips
-from vjepa_adapt.stages.encoders import build_random, load_frozen, resolve_device
-
-
-def run_base(ctx: StageContext) -> StageResult:
-    """Demo only: pretrain the tiny V-JEPA 2 from random init on the source-style world (JEPA only)."""
-    from vjepa_adapt.data.clips import load_clips, make_splits
-    from vjepa_adapt.train.loop import train
-
-    cfg = ctx.cfg
-    model = build_random(cfg)
-    clips = load_clips(str(ctx.path_of("synth") / "source" / "manifest.jsonl"))
-    splits = make_splits(clips, ratios=(0.9, 0.05, 0.05), seed=cfg.data.split_seed)
-    b = cfg.base
-    # A frozen random-init teacher (SALT-style): from scratch, an EMA teacher on a few hundred CPU
-    # steps collapses (all targets alike, loss → 0 — measured: token std of targets 0.07); fixed
-    # random targets cannot collapse, and the student learns spatio-temporal structure predicting them.
-    tcfg = TrainConfig(mode="jepa", steps=b.steps, batch_size=b.batch_size, lr=b.lr, final_lr=b.lr * 0.01,
-                       warmup_steps=b.warmup_steps, weight_decay=0.04, teacher="frozen",
-                       motion_aux_weight=0.0, l2_anchor=[0.0], eval_every=b.steps, checkpoint_every=max(b.steps // 4, 1),
-                       resume=cfg.train.resume)
-    res = train(tcfg=tcfg, data=cfg.data, masking=cfg.masking, model=model, head=None,
-                train_clips=[c for c in clips if splits[c.clip_id] != "val"],
-                val_clips=[c for c in clips if splits[c.clip_id] == "val"], aux=None, out_dir=ctx.out_dir,
-                seed=cfg.run.seed, device=resolve_device(ctx.cfg), dtype=cfg.run.dtype, num_workers=cfg.run.num_workers)
-    return _train_result(res, len(clips))
+from vjepa_adapt.stages.data import frame_reader, load_run_clips
+from vjepa_adapt.stages.encoders import load_frozen, resolve_device
 
 
 def _train_result(res, n_clips: int) -> StageResult:
@@ -47,9 +23,9 @@ def _train_result(res, n_clips: int) -> StageResult:
 
 
 def _aux_targets(cfg: PipelineConfig, run_dir: Path):
+    from vjepa_adapt.data.loader import AuxTargets
     from vjepa_adapt.motion import load_motion_outputs, mirror_class, motion_aux_targets
     from vjepa_adapt.motion.classes import mirror_motion_aux_targets
-    from vjepa_adapt.data.loader import AuxTargets
 
     mo = load_motion_outputs(run_dir / "motion")
     ids = list(mo.features)
@@ -83,9 +59,10 @@ def head_only_config(cfg: PipelineConfig, tcfg: TrainConfig) -> TrainConfig:
                                    "eval_every": min(cfg.train.eval_every, a.head_only_steps)})
 
 
-def fit_arm(ctx: StageContext, tcfg: TrainConfig, masking, make_streams=None) -> StageResult:
+def fit_arm(ctx: StageContext, tcfg: TrainConfig, masking, make_streams=None, model=None) -> StageResult:
     """Train one arm (``tcfg``) on the run's train clips with their motion_aux targets, validated on
-    the val clips; ``make_streams(motion outputs, clips)`` adds the factor streams its stages mix in."""
+    the val clips; ``make_streams(motion outputs, clips)`` adds the factor streams its stages mix in.
+    ``model``: where training starts (default: the frozen encoder every arm starts from)."""
     from vjepa_adapt.models.heads import MotionAuxHead
     from vjepa_adapt.train.loop import train
 
@@ -95,11 +72,11 @@ def fit_arm(ctx: StageContext, tcfg: TrainConfig, masking, make_streams=None) ->
     clips = [c for c in clips if c.clip_id in mo.features]  # clips the motion stage could read
     streams = make_streams(mo, clips) if make_streams is not None else None
     torch.manual_seed(cfg.run.seed)
-    model = load_frozen(cfg, ctx.run_dir)
+    model = load_frozen(cfg, ctx.run_dir) if model is None else model
     head = MotionAuxHead(model.config.hidden_size, len(mo.label_set.classes), reg_dims=cfg.motion.aux_dims)
     res = train(tcfg=tcfg, data=cfg.data, masking=masking, model=model, head=head,
                 train_clips=[c for c in clips if mo.splits[c.clip_id] == "train"],
                 val_clips=[c for c in clips if mo.splits[c.clip_id] == "val"], aux=aux, out_dir=ctx.out_dir,
                 seed=cfg.run.seed, device=resolve_device(cfg), dtype=cfg.run.dtype, num_workers=cfg.run.num_workers,
-                streams=streams)
+                streams=streams, read=frame_reader(cfg, ctx.run_dir))
     return _train_result(res, len(clips))

@@ -21,28 +21,32 @@ log = get_logger("stages")
 CLIPS_FILE, SPLITS_FILE = "clips.jsonl", "splits.csv"
 
 
-def synth_command(cfg: PipelineConfig, out: str, num_clips: int | None, style: str, seed: int | None) -> None:
+def render_world(cfg: PipelineConfig, out: str | Path, style: str, num_clips: int, seed: int) -> list[dict]:
+    """``num_clips`` clips of ``style`` with the synth section's sizes; an interrupted render resumes."""
     from vjepa_adapt.world import generate_world
 
     s = cfg.synth
-    n = num_clips if num_clips is not None else (s.target_clips if style == "target" else s.source_clips)
-    recs = generate_world(out, num_clips=n, style=style, seed=s.seed if seed is None else seed, width=s.width,
-                          height=s.height, num_frames=s.num_frames, fps=s.fps, clips_per_video=s.clips_per_video)
+    return generate_world(out, num_clips=num_clips, style=style, seed=seed, width=s.width, height=s.height,
+                          num_frames=s.num_frames, fps=s.fps, clips_per_video=s.clips_per_video,
+                          vertical_share=s.vertical_share, num_workers=max(s.workers, 1), skip_existing=True)
+
+
+# The source style's world seed is derived from the target's, so the two never share a scene.
+SOURCE_SEED_OFFSET = 1
+
+
+def synth_command(cfg: PipelineConfig, out: str, num_clips: int | None, style: str, seed: int | None) -> None:
+    s = cfg.synth
+    n = num_clips if num_clips is not None else (s.target_clips if style == "target" else cfg.base.clips)
+    default_seed = s.seed if style == "target" else s.seed + SOURCE_SEED_OFFSET
+    recs = render_world(cfg, out, style, n, default_seed if seed is None else seed)
     print(f"wrote {len(recs)} {style} clips to {out} (manifest.jsonl, contact_sheet.png)")
 
 
 def run_synth(ctx: StageContext) -> StageResult:
-    from vjepa_adapt.world import generate_world
-
+    """The run's clips when data.clips is unset: the target style of the world (the new domain)."""
     s = ctx.cfg.synth
-    total = 0
-    for style, n, seed in (("source", s.source_clips, s.seed + 1), ("target", s.target_clips, s.seed)):
-        if n:
-            total += len(generate_world(ctx.out_dir / style, num_clips=n, style=style, seed=seed, width=s.width,
-                                        height=s.height, num_frames=s.num_frames, fps=s.fps,
-                                        clips_per_video=s.clips_per_video, num_workers=max(s.workers, 1),
-                                        skip_existing=True))  # an interrupted synth resumes
-    return StageResult(done=total)
+    return StageResult(done=len(render_world(ctx.cfg, ctx.out_dir / "target", "target", s.target_clips, s.seed)))
 
 
 # ------------------------------------------------------------------------------------ clips + splits
@@ -64,7 +68,12 @@ def clips_fingerprint(cfg: PipelineConfig) -> Any:
 
 
 def run_clips(ctx: StageContext) -> StageResult:
-    from vjepa_adapt.data.clips import cut_into_clips, load_clips, plan_splits, save_splits
+    from vjepa_adapt.data.clips import (
+        cut_into_clips,
+        load_clips,
+        plan_splits,
+        save_splits,
+    )
 
     d = ctx.cfg.data
     clips = load_clips(clips_source(ctx.cfg, ctx.run_dir))
@@ -93,6 +102,16 @@ def run_clips(ctx: StageContext) -> StageResult:
 def _clip_row(c: Clip) -> dict[str, Any]:
     return {"clip_id": c.clip_id, "path": c.path, "video_id": c.video_id, "start": c.start, "end": c.end,
             **{k: v for k, v in c.meta.items() if isinstance(v, (str, int, float, bool)) or v is None}}
+
+
+def frame_reader(cfg: PipelineConfig, run_dir: Path):
+    """The run's decoded-frame cache (``data.frame_cache``) as a ``FrameReader``, or None (decode each time)."""
+    if not cfg.data.frame_cache:
+        return None
+    from vjepa_adapt.data.frame_cache import FrameCache
+
+    return FrameCache(run_dir / "cache" / "frames", num_frames=cfg.data.num_frames, fps_stride=cfg.data.fps_stride,
+                      max_short_side=2 * cfg.data.size)
 
 
 def load_run_clips(run_dir: Path) -> tuple[list[Clip], dict[str, str]]:
@@ -139,7 +158,11 @@ def run_tag(ctx: StageContext) -> StageResult:
 
     from vjepa_adapt.engine import ClipJob, run_configured
     from vjepa_adapt.tagging import load_taxonomy
-    from vjepa_adapt.tagging.stage import TAGS_FILE, expected_fields, finish_tags, merge_tag_parts
+    from vjepa_adapt.tagging.stage import (
+        TAGS_FILE,
+        finish_tags,
+        merge_tag_parts,
+    )
 
     t = ctx.cfg.tag
     clips, _ = load_run_clips(ctx.run_dir)

@@ -59,7 +59,10 @@ def check_frozen_weights(cfg: PipelineConfig) -> None:
         check_weights_source(cfg.model.weights)
     elif cfg.data.clips:
         raise UserError("model.weights: required for real clips (a Hub id such as facebook/vjepa2-vitl-fpc64-256, "
-                        "an HF folder or an official .pt); the self-pretrained base exists only for the demo world")
+                        "an HF folder or an official .pt); the packaged base exists only for the demo world")
+    elif not (packaged_base() / "config.json").exists():
+        raise WeightsError(f"the packaged demo base is missing from {packaged_base()}: train and ship it with "
+                           "`vjepa-adapt base --out runs/base --ship`, or set model.weights")
 
 
 def check_weights_source(source: str, field: str = "model.weights") -> None:
@@ -184,11 +187,35 @@ def _hub_status(repo_id: str, timeout_s: float = 10.0) -> tuple[str, str]:
 # ---------------------------------------------------------------------------- which encoder
 
 
+def packaged_base() -> Path:
+    """The demo's base encoder shipped with the package (see ``stages/base.py``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("vjepa_adapt") / "assets" / "demo_base"))
+
+
+def uses_packaged_base(cfg: PipelineConfig) -> bool:
+    """The synthetic world without model.weights: every arm starts from the packaged base."""
+    return not (cfg.model.weights or cfg.data.clips)
+
+
 def frozen_weights(cfg: PipelineConfig, run_dir: Path) -> str:
-    """The encoder every arm starts from: model.weights, or the demo's base model."""
+    """The encoder every arm starts from: model.weights, or (demo world) the packaged base."""
     if cfg.model.weights:
         return cfg.model.weights
-    return str(run_dir / "base" / "final" / "encoder")
+    return str(packaged_base())
+
+
+def frozen_fingerprint(cfg: PipelineConfig) -> dict | None:
+    """What the frozen encoder depends on outside the config: the packaged base's own record."""
+    if not uses_packaged_base(cfg):
+        return None  # model.weights is part of the stage's config hash
+    record = packaged_base() / "base.json"
+    if not record.exists():
+        return {"packaged_base": None}
+    import hashlib
+
+    return {"packaged_base": hashlib.sha256(record.read_bytes()).hexdigest()[:16]}
 
 
 def _perf(model, cfg: PipelineConfig):
@@ -198,14 +225,30 @@ def _perf(model, cfg: PipelineConfig):
                                       compile=cfg.model.compile)
 
 
-def build_random(cfg: PipelineConfig):
+def build_random(cfg: PipelineConfig, input_transform: str = "rgb"):
+    """A random-init model of the configured preset (the demo base's starting point)."""
     from vjepa_adapt.models.vjepa import build_model
 
     torch.manual_seed(cfg.run.seed)
     extra = {"patch_size": cfg.model.patch_size} if cfg.model.patch_size else {}
     model = build_model(cfg.model.preset, crop_size=cfg.data.size, frames_per_clip=cfg.data.num_frames,
-                        attn_implementation=cfg.model.attn_implementation, **extra)
+                        attn_implementation=cfg.model.attn_implementation, input_transform=input_transform, **extra)
     return _perf(_with_mask_index(model, cfg), cfg)
+
+
+def build_random_init(cfg: PipelineConfig, run_dir: Path):
+    """The random-init baseline: the frozen encoder's architecture and input transform, fresh weights.
+
+    On the demo world the frozen encoder is the packaged base (frame-difference input), whose config
+    is read from its folder; on real clips the preset's architecture with RGB input is the Hub
+    checkpoints' own, so no weights are loaded (or needed) to build it."""
+    if not uses_packaged_base(cfg):
+        return build_random(cfg)
+    from vjepa_adapt.models.vjepa import _model_from_config
+
+    config = load_frozen(cfg, run_dir).config
+    torch.manual_seed(cfg.run.seed)
+    return _perf(_model_from_config(config, cfg.model.attn_implementation), cfg)
 
 
 def load_frozen(cfg: PipelineConfig, run_dir: Path):

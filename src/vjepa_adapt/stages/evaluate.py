@@ -9,6 +9,7 @@ from vjepa_adapt import storage
 from vjepa_adapt.config import PipelineConfig
 from vjepa_adapt.pipeline import StageContext
 from vjepa_adapt.progress import get_logger
+from vjepa_adapt.report.summary import FLOW_CEILING, LINEAR_DIR
 from vjepa_adapt.stage_result import StageResult, check_bad_share
 from vjepa_adapt.stages.arms import (
     FRAME_SHUFFLED,
@@ -16,8 +17,15 @@ from vjepa_adapt.stages.arms import (
     PRETRAIN_HEAD,
     RANDOM_INIT,
 )
-from vjepa_adapt.stages.data import load_run_clips
-from vjepa_adapt.stages.encoders import _perf, build_random, load_frozen, resolve_device
+from vjepa_adapt.stages.data import frame_reader, load_run_clips
+from vjepa_adapt.stages.encoders import (
+    _perf,
+    build_random_init,
+    load_frozen,
+    packaged_base,
+    resolve_device,
+    uses_packaged_base,
+)
 
 log = get_logger("stages")
 
@@ -49,7 +57,7 @@ def make_embed_worker(cfg: PipelineConfig, run_dir: Path, arm: str, arm_dir: Pat
 
     shuffle_seed, extra = None, None
     if arm == RANDOM_INIT:
-        model = build_random(cfg)
+        model = build_random_init(cfg, run_dir)
     elif arm in (FROZEN, FRAME_SHUFFLED):
         model = load_frozen(cfg, run_dir)
         shuffle_seed = cfg.run.seed if arm == FRAME_SHUFFLED else None
@@ -65,7 +73,7 @@ def make_embed_worker(cfg: PipelineConfig, run_dir: Path, arm: str, arm_dir: Pat
     return make_embed_work(model.encoder, num_frames=cfg.data.num_frames, size=cfg.data.size,
                            batch_size=e.batch_size, pooled_grid=tuple(e.pooled_grid), device=resolve_device(cfg),
                            dtype=cfg.run.dtype, num_workers=cfg.run.num_workers, frame_shuffle_seed=shuffle_seed,
-                           extra_features=extra)
+                           extra_features=extra, read=frame_reader(cfg, run_dir))
 
 
 def _head_features(path: Path, model, cfg: PipelineConfig):
@@ -81,27 +89,61 @@ def _head_features(path: Path, model, cfg: PipelineConfig):
     return lambda tokens: head(tokens.float().mean(dim=1))[2]
 
 
-def _probe(ctx: StageContext, arm: str) -> StageResult:
-    from vjepa_adapt.evaluate.embed import load_features
-    from vjepa_adapt.evaluate.probe import run_probe
+
+
+def _probe_inputs(ctx: StageContext):
     from vjepa_adapt.motion import load_motion_outputs
 
-    cfg, p = ctx.cfg, ctx.cfg.probe
-    feats = load_features(ctx.path_of(f"embed/{arm}"))
     mo = load_motion_outputs(ctx.path_of("motion"))
     index = {n: i for i, n in enumerate(mo.label_set.classes)}
-    labels = {c: index[n] for c, n in mo.label_set.labels.items()}
-    res = run_probe(feats, labels, mo.splits, mo.label_set.classes, ctx.out_dir, kind=p.kind, lr=p.lr,
-                    weight_decay=p.weight_decay, batch_size=p.batch_size, epochs=p.epochs, depth=p.depth,
-                    num_heads=p.num_heads, sweep=p.sweep, seed=p.seed, n_resamples=p.bootstrap_resamples,
-                    device=resolve_device(cfg))
-    m = res.metrics
+    return mo, {c: index[n] for c, n in mo.label_set.labels.items()}
+
+
+def _run_probe(ctx: StageContext, feats, out_dir: Path, kind: str):
+    """The run's probe protocol (``probe.*``) on ``feats``; the linear kind uses ``probe.linear_lr``."""
+    from vjepa_adapt.evaluate.probe import run_probe
+
+    p = ctx.cfg.probe
+    mo, labels = _probe_inputs(ctx)
+    lr = p.linear_lr if kind == "linear" and p.kind != "linear" else p.lr
+    return run_probe(feats, labels, mo.splits, mo.label_set.classes, out_dir, kind=kind, lr=lr,
+                     weight_decay=p.weight_decay, batch_size=p.batch_size, epochs=p.epochs, depth=p.depth,
+                     num_heads=p.num_heads, sweep=p.sweep if kind == p.kind else None, seed=p.seed,
+                     n_resamples=p.bootstrap_resamples, device=resolve_device(ctx.cfg))
+
+
+def _probe(ctx: StageContext, arm: str) -> StageResult:
+    from vjepa_adapt.evaluate.embed import load_features
+
+    p = ctx.cfg.probe
+    feats = load_features(ctx.path_of(f"embed/{arm}"))
+    m = _run_probe(ctx, feats, ctx.out_dir, p.kind).metrics
     log.info(f"probe/{arm}: top-1 {m['top1']:.1%} [{m['ci_low']:.1%}, {m['ci_high']:.1%}] on {m['n_test']} test clips")
     extra = {"top1": m["top1"], "ci_low": m["ci_low"], "ci_high": m["ci_high"]}
+    if p.kind == "attentive" and p.also_linear:
+        lin = _run_probe(ctx, {"clip_ids": feats["clip_ids"], "mean": feats["mean"]}, ctx.out_dir / LINEAR_DIR,
+                         "linear").metrics
+        log.info(f"probe/{arm}: linear top-1 {lin['top1']:.1%} [{lin['ci_low']:.1%}, {lin['ci_high']:.1%}]")
+        extra["linear_top1"] = lin["top1"]
     if _is_head_only(arm) and arm in ctx.folders:
+        mo, labels = _probe_inputs(ctx)
         extra["head_top1"] = _head_eval(ctx.path_of(arm) / "best" / "head.safetensors", feats, labels, mo.splits,
                                         mo.label_set.classes, ctx.out_dir, p.bootstrap_resamples, p.seed)["top1"]
     return StageResult(done=int(m["n_test"]), extra=extra)
+
+
+def run_flow_ceiling(ctx: StageContext) -> StageResult:
+    """``probe/flow_ceiling``: a linear probe on the 23-D flow features the motion classes are cut
+    from, on the same clips and splits — not an encoder, the row that shows what the labels allow."""
+    import numpy as np
+
+    mo, _ = _probe_inputs(ctx)
+    ids = sorted(mo.features)
+    feats = {"clip_ids": ids, "mean": np.stack([mo.features[c] for c in ids]).astype(np.float32)}
+    m = _run_probe(ctx, feats, ctx.out_dir, "linear").metrics
+    log.info(f"probe/{FLOW_CEILING}: top-1 {m['top1']:.1%} [{m['ci_low']:.1%}, {m['ci_high']:.1%}] "
+             f"on {m['n_test']} test clips")
+    return StageResult(done=int(m["n_test"]), extra={"top1": m["top1"], "ci_low": m["ci_low"], "ci_high": m["ci_high"]})
 
 
 def _is_head_only(arm: str) -> bool:
@@ -199,9 +241,15 @@ def _summary(ctx: StageContext, with_tags: bool = True) -> dict[str, Any]:
 
     cfg = ctx.cfg
     tags = ctx.path_of("tag") / TAGS_FILE if with_tags and "tag" in ctx.folders else None
-    return build_summary(_arm_probe_dirs(ctx), cfg.report.reference_arm, tags_file=tags,
-                         min_tag_count=cfg.report.min_tag_count, n_resamples=cfg.probe.bootstrap_resamples,
-                         seed=cfg.probe.seed)
+    summary = build_summary(_arm_probe_dirs(ctx), cfg.report.reference_arm, tags_file=tags,
+                            min_tag_count=cfg.report.min_tag_count, n_resamples=cfg.probe.bootstrap_resamples,
+                            seed=cfg.probe.seed)
+    record = packaged_base() / "base.json"
+    if uses_packaged_base(cfg) and record.is_file():  # the frozen base's score on its own (source) style
+        src = storage.read_json(record)["source_probe"]
+        summary["source_style"] = {**{k: src[k] for k in ("top1", "ci_low", "ci_high", "n_test")},
+                                   "where": "vjepa_adapt/assets/demo_base/base.json"}
+    return summary
 
 
 def run_compare(ctx: StageContext) -> StageResult:

@@ -7,11 +7,12 @@ from pathlib import Path
 from vjepa_adapt.config import PipelineConfig, TrainConfig
 from vjepa_adapt.errors import ConfigError
 from vjepa_adapt.pipeline import StageGraph, StageSpec, is_complete
-from vjepa_adapt.stages.adapt import _train_arm, run_base
+from vjepa_adapt.stages.adapt import _train_arm
 from vjepa_adapt.stages.arms import (
     FRAME_SHUFFLED,
     FROZEN,
     PRETRAIN_HEAD,
+    RANDOM_INIT,
     SURGERY_HEAD,
     UNTRAINED,
     all_arms,
@@ -28,8 +29,21 @@ from vjepa_adapt.stages.data import (
     run_synth,
     run_tag,
 )
-from vjepa_adapt.stages.encoders import _setup_threads, check_device, check_frozen_weights
-from vjepa_adapt.stages.evaluate import _embed, _probe, run_compare, run_plots
+from vjepa_adapt.stages.encoders import (
+    _setup_threads,
+    check_device,
+    check_frozen_weights,
+    frozen_fingerprint,
+    uses_packaged_base,
+)
+from vjepa_adapt.stages.evaluate import (
+    FLOW_CEILING,
+    _embed,
+    _probe,
+    run_compare,
+    run_flow_ceiling,
+    run_plots,
+)
 from vjepa_adapt.stages.segment import (
     FACTORIZE,
     SEGMENT,
@@ -39,18 +53,23 @@ from vjepa_adapt.stages.segment import (
     run_segment,
     segment_reads,
 )
-from vjepa_adapt.stages.surgery import SET_BY_RECIPE, check_factor_frames, run_surgery, run_surgery_head
+from vjepa_adapt.stages.surgery import (
+    SET_BY_RECIPE,
+    check_factor_frames,
+    run_surgery,
+    run_surgery_head,
+)
 
 
 def build_graph(cfg: PipelineConfig) -> StageGraph:
     synthetic = not cfg.data.clips
-    has_base = synthetic and not cfg.model.weights
     # Requirements belong to the stages that need them; the graph checks those a command selects.
     frozen_encoder, device = (check_device, check_frozen_weights), (check_device,)
-    data_keys = ["data.num_frames", "data.size", "data.fps_stride", "data.max_bad_fraction"]
+    data_keys = ["data.num_frames", "data.size", "data.fps_stride", "data.max_bad_fraction", "data.frame_cache"]
+    # the demo's packaged base (model.weights unset) enters through its fingerprint: a re-shipped base
+    # re-runs everything that starts from it
     model_keys = ["model", "run.seed", "run.dtype"]
     augment_keys = ["data.flip_prob", "data.crop_scale", "data.crop_ratio"]
-    base_needs = ["base"] if has_base else []
     specs: list[StageSpec] = []
     if synthetic:
         # every synth field but `workers`, which changes how fast, not what, is rendered
@@ -66,11 +85,6 @@ def build_graph(cfg: PipelineConfig) -> StageGraph:
         StageSpec("motion", run_motion, needs=["clips"], reads=["motion", "data.max_bad_fraction"],
                   requires=(check_motion_backend,), clip_parallel=True),
     ]
-    if has_base:
-        # run_base trains on cfg.data (crop/flip augmentation) and splits the source world with split_seed
-        specs.append(StageSpec("base", run_base, needs=["synth"], distributed=True,
-                               reads=["base", "masking", "train.resume", *model_keys, *data_keys, *augment_keys,
-                                      "data.split_seed"], requires=device))
     # Ch 11a: the surgery arms' inputs (with segment.in_run=false `run` selects them only through those arms)
     specs.append(StageSpec(SEGMENT, run_segment, needs=["clips"], reads=segment_reads(),
                            requires=(check_segment_backend,)))
@@ -86,30 +100,37 @@ def build_graph(cfg: PipelineConfig) -> StageGraph:
     for name, lam in (pretrain_arms(cfg).items() if cfg.arms.pretrain else []):
         specs.append(StageSpec(name, lambda ctx, lam=lam: _train_arm(ctx, "jepa", lam), folder=f"pretrain/{name}",
                                distributed=True,
-                               needs=["clips", "motion", *base_needs], reads=pretrain_reads, requires=frozen_encoder))
+                               needs=["clips", "motion"], reads=pretrain_reads, requires=frozen_encoder,
+                               inputs=frozen_fingerprint))
     if cfg.arms.pretrain_head:
         specs.append(StageSpec(PRETRAIN_HEAD, lambda ctx: _train_arm(ctx, "head_only", 0.0), distributed=True,
-                               needs=["clips", "motion", *base_needs], reads=head_reads, requires=frozen_encoder))
+                               needs=["clips", "motion"], reads=head_reads, requires=frozen_encoder,
+                               inputs=frozen_fingerprint))
     surgery_requires = (*frozen_encoder, check_factor_frames)
     for name, off in surgery_arms(cfg).items():
         specs.append(StageSpec(name, lambda ctx, off=off: run_surgery(ctx, off), folder=f"surgery/{name}",
-                               distributed=True, needs=["clips", "motion", FACTORIZE, *base_needs],
-                               reads=surgery_reads, requires=surgery_requires))
+                               distributed=True, needs=["clips", "motion", FACTORIZE],
+                               reads=surgery_reads, requires=surgery_requires, inputs=frozen_fingerprint))
     if cfg.arms.surgery_head:
         specs.append(StageSpec(SURGERY_HEAD, run_surgery_head, distributed=True,
-                               needs=["clips", "motion", FACTORIZE, *base_needs],
+                               needs=["clips", "motion", FACTORIZE],
                                reads=[*surgery_reads, "arms.head_only_steps", "arms.head_only_lr"],
-                               requires=surgery_requires))
+                               requires=surgery_requires, inputs=frozen_fingerprint))
     for arm in arms:
         trained = [] if arm in UNTRAINED else [arm]
-        loads_frozen = arm in (FROZEN, FRAME_SHUFFLED) or is_head_only(arm)
+        # random_init reads the packaged base's config on the demo world (its input transform)
+        loads_frozen = (arm in (FROZEN, FRAME_SHUFFLED) or is_head_only(arm)
+                        or (arm == RANDOM_INIT and uses_packaged_base(cfg)))
         specs.append(StageSpec(f"embed/{arm}", lambda ctx, arm=arm: _embed(ctx, arm),
-                               needs=["clips", *base_needs, *trained], reads=["embed", *model_keys, *data_keys],
+                               needs=["clips", *trained], reads=["embed", *model_keys, *data_keys],
                                requires=frozen_encoder if loads_frozen else device,
-                               clip_parallel=True))
+                               clip_parallel=True, inputs=frozen_fingerprint))
         specs.append(StageSpec(f"probe/{arm}", lambda ctx, arm=arm: _probe(ctx, arm),
                                needs=[f"embed/{arm}", "motion", "clips"], reads=["probe"], requires=device))
-    probes = [f"probe/{a}" for a in arms]
+    if cfg.probe.flow_ceiling:  # not an arm: what the labels allow, through the same splits and protocol
+        specs.append(StageSpec(f"probe/{FLOW_CEILING}", run_flow_ceiling, needs=["motion", "clips"], reads=["probe"],
+                               requires=device))
+    probes = [f"probe/{a}" for a in arms] + ([f"probe/{FLOW_CEILING}"] if cfg.probe.flow_ceiling else [])
     specs.append(StageSpec("plots", run_plots, needs=probes,
                            reads=["report.reference_arm", "probe.bootstrap_resamples", "probe.seed"]))
     # compare writes the table and the HTML report, which shows every stage of the run: it needs them all

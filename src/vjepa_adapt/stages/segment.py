@@ -109,12 +109,12 @@ def sampling(cfg: PipelineConfig) -> Any:
 
 def run_segment(ctx: StageContext) -> StageResult:
     from vjepa_adapt.data.clips import open_clip
-    from vjepa_adapt.world import load_truth
     from vjepa_adapt.segmentation.stage import (
         SegmentItem,
         read_clip_frames,
         run_segment_stage,
     )
+    from vjepa_adapt.world import load_truth
 
     cfg = ctx.cfg
     clips, _ = _clips_to_process(cfg, ctx.run_dir)

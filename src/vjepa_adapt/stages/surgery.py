@@ -31,7 +31,13 @@ from typing import Any
 import numpy as np
 
 from vjepa_adapt import storage
-from vjepa_adapt.config import RECIPE_SWITCHES, MaskingConfig, PipelineConfig, Stage, TrainConfig
+from vjepa_adapt.config import (
+    RECIPE_SWITCHES,
+    MaskingConfig,
+    PipelineConfig,
+    Stage,
+    TrainConfig,
+)
 from vjepa_adapt.errors import ConfigError
 from vjepa_adapt.pipeline import StageContext
 from vjepa_adapt.progress import get_logger

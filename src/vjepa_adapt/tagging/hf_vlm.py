@@ -150,7 +150,11 @@ class HFVLMBackend:
         self.image_pad_id = pad_id
 
     def _load_smolvlm(self, source: str, config: Any, local_files_only: bool) -> None:
-        from transformers import Idefics3ImageProcessorPil, Idefics3Processor, SmolVLMImageProcessorPil
+        from transformers import (
+            Idefics3ImageProcessorPil,
+            Idefics3Processor,
+            SmolVLMImageProcessorPil,
+        )
 
         ip_cls = SmolVLMImageProcessorPil if self.model_type == "smolvlm" else Idefics3ImageProcessorPil
         image_processor = ip_cls.from_pretrained(source, local_files_only=local_files_only)

@@ -10,7 +10,10 @@ A side view of a street: shop fronts and buildings, a far pavement, a road with 
 pavement; poles, overhead wires, signs, stalls and parked vehicles (layout); pedestrians, cows,
 auto-rickshaws, cars and two-wheelers (agents) that move, stop, turn and pass each other; a camera
 that holds still, pans, pushes forward (zoom) or shakes; day or dusk light. Two styles:
-``source`` (sparse, orderly, muted) and ``target`` (dense, mixed, colourful, cluttered).
+``source`` (sparse, orderly, muted; a fixed CCTV-like camera, daylight, slow traffic) and ``target``
+(dense, mixed, colourful, cluttered; a handheld walking-tour camera that pans, pushes and shakes,
+dusk, traffic about twice as fast). Those differences are the domain gap the demo measures: the
+base encoder learns motion on the source style and loses accuracy on the target style.
 
 Every clip is generated *for* a motion class ``<tier>_<direction>`` (the probe's labels, see
 SPEC "Motion classes"): its moving agents travel in that direction at that tier's speed; their
@@ -49,6 +52,7 @@ from vjepa_adapt.world.style import (
     ROLES,
     STYLES,
     TIER_SPEED,
+    tier_speed,
 )
 from vjepa_adapt.world.truth import (
     TRUTH_FORMAT_VERSION,
@@ -61,6 +65,6 @@ from vjepa_adapt.world.truth import (
 __all__ = [
     "AGENT_CATEGORIES", "CAMERA_MODES", "CATEGORIES", "DIRECTION_VECTOR", "LAYOUT_CATEGORIES", "MOTION_DIRECTIONS",
     "MOTION_TIERS", "ROLES", "STYLES", "TIER_SPEED", "TRUTH_FORMAT_VERSION", "ClipPlan", "Truth", "WorldClip",
-    "find_interactions", "generate_world", "load_truth", "plan_world", "render_clip", "save_truth",
+    "find_interactions", "generate_world", "load_truth", "plan_world", "render_clip", "save_truth", "tier_speed",
     "write_world_contact_sheet",
 ]

@@ -16,10 +16,10 @@ from vjepa_adapt.world.style import (
     _NOMINAL_HEIGHT,
     _STYLE,
     DIRECTION_VECTOR,
-    TIER_SPEED,
     _pick,
     _rint,
     _StyleParams,
+    tier_speed,
 )
 
 
@@ -81,7 +81,7 @@ def _build_agents(rng: np.random.Generator, plan: ClipPlan, geo: _Geometry) -> t
     W, H, Wc = geo.width, geo.height, geo.canvas_w
     dvec = np.array(DIRECTION_VECTOR[plan.direction])
     vertical = plan.direction in ("up", "down")
-    speed = TIER_SPEED[plan.tier] * W * rng.uniform(0.95, 1.05)  # px / frame
+    speed = tier_speed(plan.style, plan.tier) * W * rng.uniform(0.95, 1.05)  # px / frame
     target_cov = float(rng.uniform(*sp.coverage)) * (sp.vertical_coverage_gain if vertical else 1.0)
     target_area = target_cov * W * H  # visible moving px per frame
     gap = 0.04 * W
@@ -115,7 +115,7 @@ def _build_agents(rng: np.random.Generator, plan: ClipPlan, geo: _Geometry) -> t
             continue
         v = speed * (rng.uniform(0.85, 1.15) if st.kind != "cross" else rng.uniform(0.9, 1.1))
         things += _lay_out_stream(rng, pal, st, v, dvec, geo, gap, sp)
-    info = {"tier_speed": TIER_SPEED[plan.tier], "planned_speed_px": speed, "target_coverage": target_cov,
+    info = {"tier_speed": tier_speed(plan.style, plan.tier), "planned_speed_px": speed, "target_coverage": target_cov,
             "streams": len([s for s in streams if s.density > 0])}
     return things, info
 

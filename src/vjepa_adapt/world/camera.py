@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from vjepa_adapt.world.geometry import _Geometry
-from vjepa_adapt.world.style import _STYLE, TIER_SPEED, _pick
+from vjepa_adapt.world.style import _STYLE, _pick, tier_speed
 
 
 def _build_camera(rng: np.random.Generator, style: str, tier: str, geo: _Geometry
@@ -31,7 +31,7 @@ def _build_camera(rng: np.random.Generator, style: str, tier: str, geo: _Geometr
     elif mode == "zoom":
         # Pushing forward makes radial flow that the per-pair median does not remove; its rate
         # follows the tier so it stays ~5-10% of the agents' foreground flow.
-        rate = rng.uniform(0.04, 0.08) * TIER_SPEED[tier]  # per frame
+        rate = rng.uniform(0.04, 0.08) * tier_speed(style, tier)  # per frame
         zoom = np.exp(rate * t)
         info["zoom_rate"] = rate
     if mode == "shake" or (mode.startswith("pan") and rng.random() < 0.3):

@@ -72,6 +72,9 @@ class _StyleParams:
     # Sensor noise of the footage: per-pixel Gaussian sigma (0-255 scale) added to every frame,
     # x DUSK_NOISE_GAIN at dusk (phone footage in low light). 0 = clean.
     sensor_noise: float = 0.0
+    # Traffic speed of the style, x TIER_SPEED. The probe's tiers are quartiles of each domain's own
+    # flow, so this shifts what "fast" means between the styles, not the class balance.
+    speed_scale: float = 1.0
 
 
 DUSK_NOISE_GAIN = 1.6
@@ -86,8 +89,8 @@ _STYLE = {
         parked=(0, 2), parked_mix={"car": 1.0}, standing=(0, 2), near_standing=(0, 0),
         stalls=(0, 0), signs=(1, 2), wires=(0, 2), resting_cows=(0, 0),
         pole_gap=(0.55, 0.6), building_width=(0.8, 1.3),
-        camera={"static": 0.5, "pan_left": 0.12, "pan_right": 0.12, "zoom": 0.12, "shake": 0.14},
-        dusk=0.25, stop=0.1, turn=0.1, vertical_coverage_gain=1.45,
+        camera={"static": 0.9, "shake": 0.1},
+        dusk=0.0, stop=0.1, turn=0.1, vertical_coverage_gain=1.45, speed_scale=0.45,
     ),
     "target": _StyleParams(
         coverage=(0.125, 0.15), lanes=(0.665, 0.765, 0.865),
@@ -101,6 +104,11 @@ _STYLE = {
         dusk=0.35, stop=0.25, turn=0.3, vertical_coverage_gain=1.12,
     ),
 }
+
+
+def tier_speed(style: str, tier: str) -> float:
+    """Planned agent speed of ``tier`` in ``style``, as a fraction of the frame width per frame."""
+    return TIER_SPEED[tier] * _STYLE[style].speed_scale
 
 
 def _style_code(style: str) -> int:
