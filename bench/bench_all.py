@@ -23,8 +23,8 @@ Sections (each row: figure, value, unit, and a ratio with what it is a ratio to)
   training (the trainer on the demo's tiny preset, DDP) on 2 gloo ranks vs 1 rank with the same global
   batch (``train.global_batch_size``: 1 rank accumulates 2 micro-batches where 2 ranks run 1 each),
   clips/s over the steps (set-up, eval and export excluded), and how far the two runs' weights are apart.
-  On a 2-core machine shared with other jobs the 2 ranks compete for the same cores (and gloo's
-  all-reduce runs on them too), so expect a ratio at or below 1 there; it measures overhead, not scaling.
+  Each rank has one torch thread, so on 2 cores the ideal ratio is 2; on a machine shared with other
+  jobs the ranks also compete with those (and gloo's all-reduce runs on the same cores).
 
 The CPU is whatever runs this: on a machine shared with other jobs the load average is printed and
 every figure is "measured under load"; compare rows of one run, not runs. bench_checkpoint.py
@@ -313,7 +313,8 @@ def train_ranks(t: Table, root: Path, quick: bool) -> None:
     r2, w2 = got["rate"], got["weights"]
     t.add("ranks", "train tiny preset 64px, 1 rank x 1 thread (global 8 = 4 x 2 accum)", r1, "clips/s")
     t.add("ranks", "train tiny preset 64px, 2 gloo ranks x 1 thread (global 8 = 4 x 2 ranks)", r2, "clips/s",
-          r2 / r1, "1 rank", note="2 shared cores: the ranks compete for them, expect <= 1")
+          r2 / r1, "1 rank", note="1 rank uses 1 core, 2 ranks 2 cores (on a shared machine they also compete with other jobs); "
+               "ideal 2")
     t.add("ranks", f"train 2-rank vs 1-rank weights after {steps} steps, max |diff|",
           max(float((w1[k] - w2[k]).abs().max()) for k in w1), "")
 

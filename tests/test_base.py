@@ -74,7 +74,8 @@ def test_the_base_command_trains_probes_and_ships(tmp_path):
     out, dest = tmp_path / "base", tmp_path / "ship"
     args = ["base", "--out", str(out), "base.clips=48", "base.steps=4", "base.warmup_steps=1",
             "base.checkpoint_every=2", "synth.width=64", "synth.height=48", "synth.num_frames=16",
-            "data.num_frames=8", "data.size=32", "probe.epochs=2", "synth.workers=1"]
+            "data.num_frames=8", "data.size=32", "probe.epochs=2", "synth.workers=1",
+            "motion.num_classes=4", "motion.min_count_per_split=1", "embed.pooled_grid=[1,2,2]"]
     assert main(args) == 0
     record = storage.read_json(out / RECORD)
     assert record["train"]["steps"] == 4 and record["recipe"]["base"]["steps"] == 4
