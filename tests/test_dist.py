@@ -172,8 +172,8 @@ def test_failed_init_is_not_swallowed(monkeypatch):
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_torchrun_two_ranks_pretrain_end_to_end_on_cpu(tmp_path, parallel):
     """`torchrun --nproc_per_node 2 -m vjepa_adapt pretrain ...` on CPU (gloo): synth and clips on rank 0,
-    motion on both ranks (clip-parallel: each rank its share of the chunks, rank 0 merges), the base and
-    pretrain stages on both ranks (DDP; pretrain also FSDP), one set of outputs."""
+    motion on both ranks (clip-parallel: each rank its share of the chunks, rank 0 merges), pretrain on
+    both ranks from the packaged base (DDP and FSDP), one set of outputs."""
     import subprocess
     import sys
 
@@ -185,10 +185,10 @@ def test_torchrun_two_ranks_pretrain_end_to_end_on_cpu(tmp_path, parallel):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VJEPA_ADAPT_QUIET": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    for stage in ("synth", "clips", "motion", "base", "pretrain/pretrain"):
+    for stage in ("synth", "clips", "motion", "pretrain/pretrain"):
         assert json.loads((run / stage / "stage.json").read_text())["status"] == "complete", stage
     rank1 = [line for line in proc.stderr.splitlines() if "[rank 1]" in line]
-    assert sum("stage 'all'" in line for line in rank1) == 2  # rank 1 trained base and pretrain too ...
+    assert sum("stage 'all'" in line for line in rank1) == 1  # rank 1 trained pretrain too ...
     assert any("motion: running" in line for line in rank1)  # ... ran its share of motion's chunks ...
     assert not any(f"{stage}: running" in line for line in rank1 for stage in ("synth", "clips"))  # ... not these
     if parallel == "fsdp":
