@@ -34,6 +34,7 @@ every figure is "measured under load"; compare rows of one run, not runs. bench_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -228,7 +229,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, manifest: str, model: str, out: str) -> None:  # one rank
+@contextlib.contextmanager
+def _as_rank(rank: int, world: int, port: int):
+    """This spawned process as rank ``rank`` of a gloo group of ``world`` on this host, 1 torch thread."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), VJEPA_ADAPT_QUIET="1")
     torch.set_num_threads(1)
@@ -237,9 +240,14 @@ def _rank_main(rank: int, world: int, port: int, manifest: str, model: str, out:
 
     dist.init("cpu")
     try:
-        _run(_cfg(Path(manifest), Path(model), Path(out), "run.threads=1", full=True), "embed")
+        yield
     finally:
         dist.shutdown()
+
+
+def _rank_main(rank: int, world: int, port: int, manifest: str, model: str, out: str) -> None:  # one rank
+    with _as_rank(rank, world, port):
+        _run(_cfg(Path(manifest), Path(model), Path(out), "run.threads=1", full=True), "embed")
 
 
 def ranks(t: Table, root: Path, quick: bool) -> None:
@@ -282,19 +290,10 @@ def _train_run(manifest: str, out: str, steps: int) -> tuple[float, dict[str, to
 
 
 def _train_rank_main(rank: int, world: int, port: int, manifest: str, out: str, steps: int) -> None:  # one rank
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), VJEPA_ADAPT_QUIET="1")
-    torch.set_num_threads(1)
-    logging.getLogger("vjepa_adapt").setLevel(logging.WARNING)
-    from vjepa_adapt import dist
-
-    dist.init("cpu")
-    try:
+    with _as_rank(rank, world, port):
         rate, weights = _train_run(manifest, out, steps)
         if rank == 0:
             torch.save({"rate": rate, "weights": weights}, Path(out) / "bench_rank0.pt")
-    finally:
-        dist.shutdown()
 
 
 def train_ranks(t: Table, root: Path, quick: bool) -> None:

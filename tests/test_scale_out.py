@@ -26,7 +26,7 @@ from test_train import DATA, MASKING, TINY, _aux, _moving_square
 from vjepa_adapt.config import MaskingConfig, Stage, TrainConfig
 from vjepa_adapt.data.clips import Clip
 from vjepa_adapt.errors import ConfigError
-from vjepa_adapt.train.loop import micro_batching
+from vjepa_adapt.train.plan import micro_batching
 
 ATOL, RTOL = 1e-5, 0.0
 MGMAE = MaskingConfig(kind="motion_guided", generators=MASKING.generators)

@@ -199,7 +199,7 @@ def uses_packaged_base(cfg: PipelineConfig) -> bool:
     return not (cfg.model.weights or cfg.data.clips)
 
 
-def frozen_weights(cfg: PipelineConfig, run_dir: Path) -> str:
+def frozen_weights(cfg: PipelineConfig) -> str:
     """The encoder every arm starts from: model.weights, or (demo world) the packaged base."""
     if cfg.model.weights:
         return cfg.model.weights
@@ -256,7 +256,7 @@ def load_frozen(cfg: PipelineConfig, run_dir: Path):
 
     # The preset is checked against the weights' own config, unless the patch size was overridden.
     preset = None if cfg.model.patch_size else cfg.model.preset
-    model, report = load_model(frozen_weights(cfg, run_dir), preset=preset, crop_size=cfg.data.size,
+    model, report = load_model(frozen_weights(cfg), preset=preset, crop_size=cfg.data.size,
                                frames_per_clip=cfg.data.num_frames, min_loaded_fraction=cfg.model.min_loaded_fraction,
                                attn_implementation=cfg.model.attn_implementation)
     return _perf(_with_mask_index(model, cfg), cfg)

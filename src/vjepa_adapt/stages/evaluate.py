@@ -92,6 +92,7 @@ def _head_features(path: Path, model, cfg: PipelineConfig):
 
 
 def _probe_inputs(ctx: StageContext):
+    """The motion stage's outputs and its labels as class ids (read once per probe stage)."""
     from vjepa_adapt.motion import load_motion_outputs
 
     mo = load_motion_outputs(ctx.path_of("motion"))
@@ -99,12 +100,11 @@ def _probe_inputs(ctx: StageContext):
     return mo, {c: index[n] for c, n in mo.label_set.labels.items()}
 
 
-def _run_probe(ctx: StageContext, feats, out_dir: Path, kind: str):
+def _run_probe(ctx: StageContext, mo, labels: dict[str, int], feats, out_dir: Path, kind: str):
     """The run's probe protocol (``probe.*``) on ``feats``; the linear kind uses ``probe.linear_lr``."""
     from vjepa_adapt.evaluate.probe import run_probe
 
     p = ctx.cfg.probe
-    mo, labels = _probe_inputs(ctx)
     lr = p.linear_lr if kind == "linear" and p.kind != "linear" else p.lr
     return run_probe(feats, labels, mo.splits, mo.label_set.classes, out_dir, kind=kind, lr=lr,
                      weight_decay=p.weight_decay, batch_size=p.batch_size, epochs=p.epochs, depth=p.depth,
@@ -117,16 +117,16 @@ def _probe(ctx: StageContext, arm: str) -> StageResult:
 
     p = ctx.cfg.probe
     feats = load_features(ctx.path_of(f"embed/{arm}"))
-    m = _run_probe(ctx, feats, ctx.out_dir, p.kind).metrics
+    mo, labels = _probe_inputs(ctx)
+    m = _run_probe(ctx, mo, labels, feats, ctx.out_dir, p.kind).metrics
     log.info(f"probe/{arm}: top-1 {m['top1']:.1%} [{m['ci_low']:.1%}, {m['ci_high']:.1%}] on {m['n_test']} test clips")
     extra = {"top1": m["top1"], "ci_low": m["ci_low"], "ci_high": m["ci_high"]}
     if p.kind == "attentive" and p.also_linear:
-        lin = _run_probe(ctx, {"clip_ids": feats["clip_ids"], "mean": feats["mean"]}, ctx.out_dir / LINEAR_DIR,
-                         "linear").metrics
+        lin = _run_probe(ctx, mo, labels, {"clip_ids": feats["clip_ids"], "mean": feats["mean"]},
+                         ctx.out_dir / LINEAR_DIR, "linear").metrics
         log.info(f"probe/{arm}: linear top-1 {lin['top1']:.1%} [{lin['ci_low']:.1%}, {lin['ci_high']:.1%}]")
         extra["linear_top1"] = lin["top1"]
     if _is_head_only(arm) and arm in ctx.folders:
-        mo, labels = _probe_inputs(ctx)
         extra["head_top1"] = _head_eval(ctx.path_of(arm) / "best" / "head.safetensors", feats, labels, mo.splits,
                                         mo.label_set.classes, ctx.out_dir, p.bootstrap_resamples, p.seed)["top1"]
     return StageResult(done=int(m["n_test"]), extra=extra)
@@ -137,10 +137,10 @@ def run_flow_ceiling(ctx: StageContext) -> StageResult:
     from, on the same clips and splits — not an encoder, the row that shows what the labels allow."""
     import numpy as np
 
-    mo, _ = _probe_inputs(ctx)
+    mo, labels = _probe_inputs(ctx)
     ids = sorted(mo.features)
     feats = {"clip_ids": ids, "mean": np.stack([mo.features[c] for c in ids]).astype(np.float32)}
-    m = _run_probe(ctx, feats, ctx.out_dir, "linear").metrics
+    m = _run_probe(ctx, mo, labels, feats, ctx.out_dir, "linear").metrics
     log.info(f"probe/{FLOW_CEILING}: top-1 {m['top1']:.1%} [{m['ci_low']:.1%}, {m['ci_high']:.1%}] "
              f"on {m['n_test']} test clips")
     return StageResult(done=int(m["n_test"]), extra={"top1": m["top1"], "ci_low": m["ci_low"], "ci_high": m["ci_high"]})

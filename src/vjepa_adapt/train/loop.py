@@ -25,8 +25,8 @@ built, and a stage change only flips ``requires_grad``. Every rank runs every mi
 forward/backward, so the gradient collectives always match. A rank whose micro-batch has no
 readable clip runs a zero-weighted stand-in; a micro-batch no rank can read is skipped by all, and
 a step with no data anywhere steps neither the optimizer nor the EMA teacher (see
-``micro_batch_weights``). ``train.global_batch_size`` keeps the clips per optimizer step on any
-number of ranks (``micro_batching``): a step's samples, augmentation and masks are
+``plan.micro_batch_weights``). ``train.global_batch_size`` keeps the clips per optimizer step on any
+number of ranks (``plan.micro_batching``): a step's samples, augmentation and masks are
 functions of (seed, step, slot in the global batch), so 2 ranks and 1 rank with the same global
 batch train alike, and a checkpoint of one resumes on the other. Checkpoints and exports are full
 (unsharded) state dicts, gathered from the shards and written by rank 0: one format for one
@@ -34,7 +34,7 @@ process, DDP and FSDP, on any number of ranks.
 
 Host syncs: the step never reads a value back from the device. Its logged values (and the
 non-finite guard's flags) stay on the device until the next cadence point (``train.log_every``,
-and every heartbeat, eval, checkpoint and stage end), where one read settles all of them. A
+and every heartbeat, eval, checkpoint and stage end), where one read settles all of them (``train/settle.py``). A
 non-finite loss is then found up to ``log_every`` steps late — and still before anything is
 evaluated, exported or checkpointed, so the last good checkpoint stays intact.
 """
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -70,7 +69,7 @@ from vjepa_adapt.data.loader import (
     build_eval_loader,
     build_train_loader,
 )
-from vjepa_adapt.errors import ConfigError, UserError
+from vjepa_adapt.errors import UserError
 from vjepa_adapt.masking import MaskSpec, MultiblockMasker, TokenFlow
 from vjepa_adapt.models.heads import MotionAuxHead
 from vjepa_adapt.models.vjepa import (
@@ -99,6 +98,14 @@ from vjepa_adapt.train.optim import (
     set_encoder_trainable,
     trainable_summary,
 )
+from vjepa_adapt.train.plan import (
+    micro_batch_weights,
+    micro_batching,
+    stage_at,
+    stage_ends,
+    stage_lr,
+    stages_of,
+)
 from vjepa_adapt.train.regularizers import (
     SPD,
     add_l2_anchor_grad_,
@@ -108,13 +115,16 @@ from vjepa_adapt.train.regularizers import (
     snapshot,
     tensor_norms,
 )
-from vjepa_adapt.train.schedules import ema_momentum, staged_warmup_cosine
+from vjepa_adapt.train.schedules import ema_momentum
+from vjepa_adapt.train.settle import (
+    Pending,
+    TrainingError,
+    fmt_row,
+    non_finite,
+    settle_rows,
+)
 
 log = get_logger("train")
-
-
-class TrainingError(UserError):
-    """The run cannot continue (e.g. a non-finite loss); the last good checkpoint is intact."""
 
 
 @dataclass
@@ -208,52 +218,6 @@ def _accuracy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 # Which parameters train: a function of the mode and the current stage.
 
 
-def stages_of(tcfg: TrainConfig) -> list[Stage]:
-    """The run's stages; without ``train.stages``, one stage of all steps (warmup ``train.warmup_steps``)."""
-    return tcfg.stages or [Stage(name="all", steps=tcfg.steps, warmup_steps=tcfg.warmup_steps)]
-
-
-def stage_at(step: int, tcfg: TrainConfig) -> Stage:
-    stages = stages_of(tcfg)
-    end = 0
-    for s in stages:
-        end += s.steps
-        if step < end:
-            return s
-    return stages[-1]
-
-
-def stage_ends(tcfg: TrainConfig) -> list[int]:
-    """The step count at which each stage is done (its last step + 1)."""
-    return list(itertools.accumulate(s.steps for s in stages_of(tcfg)))
-
-
-def micro_batching(tcfg: TrainConfig, world_size: int) -> tuple[int, int]:
-    """(micro-batch per rank, micro-batches per step) on ``world_size`` ranks.
-
-    Without ``train.global_batch_size``: (batch_size, grad_accum), so the global batch grows with the
-    ranks. With it: global = micro × accum × ranks on any world size, micro the largest divisor of
-    global / ranks that is at most ``batch_size`` (64 on 8 ranks with batch_size 4: micro 4,
-    accum 2; on 1 rank: micro 4, accum 16).
-    """
-    if tcfg.global_batch_size is None:
-        return tcfg.batch_size, tcfg.grad_accum
-    g = tcfg.global_batch_size
-    if g % world_size:
-        raise ConfigError(f"train.global_batch_size={g} is not divisible by the {world_size} ranks of this run: "
-                          f"use a multiple of {world_size}")
-    per_rank = g // world_size
-    micro = max(d for d in range(1, min(tcfg.batch_size, per_rank) + 1) if per_rank % d == 0)
-    return micro, per_rank // micro
-
-
-def stage_lr(step: int, tcfg: TrainConfig) -> float:
-    """The lr of ``step``: warmup then cosine to ``final_lr`` within each stage (re-warmed at its start)."""
-    plan = [(s.steps, min(tcfg.warmup_steps, s.steps) if s.warmup_steps is None else s.warmup_steps)
-            for s in stages_of(tcfg)]
-    return staged_warmup_cosine(step, plan, tcfg.lr, final=tcfg.final_lr)
-
-
 def fsdp_units(encoder: nn.Module, predictor: nn.Module | None = None) -> list[nn.Module]:
     """What FSDP shards as units: every encoder and predictor block, and the encoder's embeddings and
     final norm (called directly by ``encode_full``/``encode_context``, outside the root's forward).
@@ -291,25 +255,6 @@ def describe_stage(student: Student, tcfg: TrainConfig, stage: Stage, step: int)
     n = sum(p.numel() for p in student.parameters() if p.requires_grad)
     return (f"step {step}: stage {stage.name!r} ({i + 1}/{len(stages_of(tcfg))}, steps {step}-{end - 1}): "
             f"{'; '.join(parts)}; data {mix}; {n:,} trainable parameters")
-
-
-# --------------------------------------------------------------------------------------------
-# Ranks agree on data: which micro-batches run, and with what loss weight.
-
-
-def micro_batch_weights(have: list[bool], ranks_with_data: list[int], world_size: int) -> list[float | None]:
-    """This rank's loss weight for each micro-batch of a step.
-
-    ``have[i]``: this rank read at least one clip of micro-batch i; ``ranks_with_data[i]``: how many
-    ranks did (all-reduced). None = no rank did: every rank skips it. 0 = others did, this rank did
-    not: it runs a zero-weighted stand-in so its backward joins the same gradient all-reduce.
-    Otherwise world / ranks_with_data, so DDP's mean over all ranks is the mean over the ranks with
-    data (1.0 exactly when every rank has data, and in one process).
-    """
-    out: list[float | None] = []
-    for mine, n in zip(have, ranks_with_data):
-        out.append(None if n == 0 else (world_size / n if mine else 0.0))
-    return out
 
 
 def _stand_in(data: DataConfig, masker: MultiblockMasker | None, aux: AuxTargets | None, step: int,
@@ -476,7 +421,7 @@ def train(
 
     # only rank 0 writes; rows of steps after the resumed one (a crash after its checkpoint) are dropped
     metrics = MetricsLog(out_dir, enabled=d.is_main, start_step=step)
-    pending: list[_Pending] = []  # rows whose values are still on the device (see settle_rows)
+    pending: list[Pending] = []  # rows whose values are still on the device (see settle_rows)
     current_stage: Stage | None = None
     ends = stage_ends(tcfg)
     wrapped: nn.Module = student
@@ -553,7 +498,7 @@ def train(
         done = step + 1
         row.update(dict.fromkeys(values))  # their place in the row; the values come at the next settle
         row.update(data_wait_s=t_data, compute_s=t_step)
-        pending.append(_Pending(row, values, accum, len(outs), _non_finite(outs, values, dev)))
+        pending.append(Pending(row, values, accum, len(outs), non_finite(outs, values, dev)))
         history.append(row)
 
         # -- settle, log, eval, checkpoint (cadence: functions of step) ---------------------------
@@ -574,7 +519,7 @@ def train(
             if score > best_score:
                 best_score, best_step = score, done
                 _export(out_dir / "best", student, teacher, tcfg, write=d.is_main)
-            log.info(f"step {done}: {_fmt(row)}")
+            log.info(f"step {done}: {fmt_row(row)}")
         elif heartbeat:  # a heartbeat where no progress bar is shown (CI, logs)
             loss_s = f"{row['loss']:.4f}" if "loss" in row else "n/a (no readable clip on this rank)"
             log.info(f"step {done}/{tcfg.steps}: loss={loss_s} lr={lr:.3g} "
@@ -604,70 +549,6 @@ def train(
     _export(out_dir / "final", student, teacher, tcfg, write=d.is_main)
     return TrainResult(steps=tcfg.steps, best_step=best_step, best_score=best_score, history=history,
                        skipped=skipped)
-
-
-# --------------------------------------------------------------------------------------------
-# Logged values stay on the device between cadence points; one read settles them.
-
-
-@dataclass
-class _Pending:
-    row: dict[str, Any]  # the step's row; its device values are filled in by settle_rows
-    values: dict[str, torch.Tensor]  # 0-d tensors on the device
-    accum: int  # micro-batches of the step ...
-    ran: int  # ... and how many this rank really ran (its means are rescaled to those)
-    bad: torch.Tensor | None  # 0-d int count of non-finite losses / grad norm, on the device
-
-
-def _non_finite(outs: list[dict[str, torch.Tensor]], values: dict[str, torch.Tensor],
-                dev: torch.device) -> torch.Tensor | None:
-    """How many of this step's losses (and its grad norm) are not finite, as a device tensor (no sync)."""
-    checks = [o["loss"].detach().reshape(()) for o in outs]
-    if "grad_norm" in values:
-        checks.append(values["grad_norm"].detach().reshape(()))
-    if not checks:
-        return None
-    return (~torch.isfinite(torch.stack([c.to(dev, torch.float64) for c in checks]))).sum()
-
-
-def settle_rows(pending: list[_Pending], out_dir: Path) -> list[dict[str, Any]]:
-    """Read every pending row's values from the device at once (one host sync), fill the rows in.
-
-    The non-finite guard lives here: the ranks agree on the first step with a non-finite loss
-    (or grad norm) on any rank and all raise ``TrainingError`` together, before the caller
-    evaluates, exports or checkpoints anything — so no checkpoint ever holds a non-finite state.
-    Returns the rows, complete, in step order.
-    """
-    tensors: list[torch.Tensor] = []
-    for p in pending:
-        tensors.extend(v.reshape(()).to(torch.float64) for v in p.values.values())
-        tensors.append(p.bad.to(torch.float64) if p.bad is not None else torch.zeros((), dtype=torch.float64))
-    flat = _read_back(tensors)
-    bad_here, at = [], 0
-    for p in pending:
-        vals = flat[at:at + len(p.values)]
-        at += len(p.values)
-        bad_here.append(int(flat[at]))
-        at += 1
-        logged = dict(zip(p.values, vals))
-        if 0 < p.ran < p.accum:  # the mean over the micro-batches this rank really ran
-            logged = {k: v if k in ("grad_norm", "l2") else v * p.accum / p.ran for k, v in logged.items()}
-        p.row.update(logged)
-    bad_any = dist.sum_over_ranks(bad_here)
-    for p, mine, anywhere in zip(pending, bad_here, bad_any):
-        if anywhere:
-            where = _fmt({k: v for k, v in p.row.items() if k in p.values}) if mine else "on another rank"
-            raise TrainingError(
-                f"non-finite loss at step {p.row['step'] - 1} ({where}); stopped. The last good checkpoint in "
-                f"{out_dir / 'checkpoints'} is intact: lower train.lr or check the input clips, then resume.")
-    return [p.row for p in pending]
-
-
-def _read_back(tensors: list[torch.Tensor]) -> list[float]:
-    """0-d tensors (one device) to Python floats with one host sync (float64: the exact values of float())."""
-    if not tensors:
-        return []
-    return torch.stack(tensors).tolist()
 
 
 def _data_position(step: int, global_batch: int) -> int:
@@ -706,11 +587,6 @@ def _check_same_run(state: dict[str, Any], tcfg: TrainConfig, path: Path) -> Non
     if diff:
         raise TrainingError(f"{path} was written with different settings ({', '.join(diff)}); resume it with the "
                             "same config, or start fresh with train.resume=none or another --out")
-
-
-def _fmt(row: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                    if not k.endswith("_s") and k not in ("drift_blocks",))
 
 
 def exported_encoder(student: Student, teacher: nn.Module | None, tcfg: TrainConfig) -> nn.Module:
