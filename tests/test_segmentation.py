@@ -25,8 +25,11 @@ from vjepa_adapt.segmentation.agents import (
     mine_interactions,
 )
 from vjepa_adapt.segmentation.classical import (
+    ClassicalParams,
     ClassicalSegmenter,
     components,
+    split_component,
+    split_peaks,
     stabilised_median,
 )
 from vjepa_adapt.segmentation.clip import TrackParams, segment_clip
@@ -268,6 +271,24 @@ def test_speeds_use_the_window_and_skip_gaps():
         [1.0, 0.3, 0.2], nan_ok=True)
 
 
+def test_short_tracklets_are_agents_when_they_move_on_every_frame():
+    # seen on 3 frames (< min_frames 4): an agent only if it moves on all three
+    c = np.full((10, 2), np.nan)
+    c[4:7] = [[10, 5], [12, 5], [14, 5]]
+    flow = np.full(10, np.nan)
+    flow[4:7] = 2.0
+    roles = classify_tracklets({1: c}, min_speed=0.5, min_frames=4, flow_speeds={1: flow})
+    assert roles[1]["role"] == AGENT and roles[1]["moving_frames"] == 3
+    flow[5] = 0.1
+    c[5] = c[4]  # stands still for a frame: no longer moving on all its frames
+    c[6] = c[4]
+    assert classify_tracklets({1: c}, min_speed=0.5, min_frames=4, flow_speeds={1: flow})[1]["role"] == LAYOUT
+    long = np.tile([[20.0, 5.0]], (10, 1))
+    still = np.full(10, 0.1)
+    still[:3] = 2.0  # a long tracklet moving on 3 frames only stays layout
+    assert classify_tracklets({1: long}, min_speed=0.5, min_frames=4, flow_speeds={1: still})[1]["role"] == LAYOUT
+
+
 def test_in_mask_motion_is_the_mean_vector_and_centroids():
     labels = np.zeros((2, 4, 4), np.uint16)
     labels[:, :2, :2] = 1
@@ -330,6 +351,64 @@ def test_segment_clip_keeps_a_parked_car_as_layout_under_a_pan():
     assert roles == {"person": AGENT, "car": LAYOUT}
     assert len(m.tracklets) == 2 and all(r["frames"] == 12 for r in m.tracklets)
     assert m.labels.shape == (12, 64, 96) and set(np.unique(m.labels)) == {0, 1, 2}
+
+
+def _two_touching_squares(h: int = 40, w: int = 60, offset: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Two 14 px squares side by side (touching), the right one ``offset`` px lower -> (2, H, W) bool."""
+    return np.stack([box_mask(h, w, 10, 10, 14, 14), box_mask(h, w, 24, 10 + offset, 14, 14)]), np.zeros((h, w, 3))
+
+
+def test_split_peaks_one_core_per_body():
+    (a, b), _ = _two_touching_squares()
+    dist = cv2.distanceTransform((a | b).astype(np.uint8), cv2.DIST_L2, 3)
+    cores = split_peaks(dist, min_peak=3.5, saddle=0.7)
+    assert len(cores) == 2
+    assert {bool(a[y, x]) for y, x, _ in cores} == {True, False}  # one in each square
+    rect = box_mask(40, 60, 10, 10, 28, 14)  # a plain 2:1 bar: its ridge has no neck
+    assert len(split_peaks(cv2.distanceTransform(rect.astype(np.uint8), cv2.DIST_L2, 3), 3.5, 0.7)) == 1
+    thin = box_mask(40, 60, 10, 10, 30, 4)  # thinner than min_peak everywhere
+    assert split_peaks(cv2.distanceTransform(thin.astype(np.uint8), cv2.DIST_L2, 3), 3.5, 0.7) == []
+
+
+def test_split_component_cuts_two_touching_bodies_along_their_colours():
+    (a, b), _ = _two_touching_squares()
+    frame = np.zeros((40, 60, 3), np.uint8)
+    frame[a] = (220, 60, 40)
+    frame[b] = (40, 90, 220)
+    pieces = split_component(a | b, frame, 3.5, 0.7)
+    assert len(pieces) == 2
+    assert not (pieces[0] & pieces[1]).any() and np.array_equal(pieces[0] | pieces[1], a | b)  # disjoint, cover
+    best = sorted(float(mask_iou(p[None], np.stack([a, b])).max()) for p in pieces)
+    assert best[0] > 0.9, best  # each piece is one square
+    single = box_mask(40, 60, 10, 10, 14, 14)
+    assert split_component(single, frame, 3.5, 0.7).shape == (1, 40, 60)
+
+
+def test_classical_splits_two_touching_movers_into_two_instances():
+    # two squares walking side by side at 3 px/frame (touching, one 8 px lower): one moving blob, two bodies
+    h, w, n = 64, 96, 10
+    world = textured(h, w, seed=1)
+    yy, xx = np.mgrid[0:14, 0:14]
+    check = (((yy // 3) + (xx // 3)) % 2 == 0)[..., None]
+    sprites = [np.where(check, c1, c2).astype(np.uint8) for c1, c2 in (((230, 200, 40), (120, 30, 20)),
+                                                                       ((40, 60, 200), (200, 240, 250)))]
+    frames, truth = [], []
+    for t in range(n):
+        f = world.copy()
+        a, b = box_mask(h, w, 20 + 3 * t, 20, 14, 14), box_mask(h, w, 34 + 3 * t, 28, 14, 14)
+        f[20:34, 20 + 3 * t:34 + 3 * t], f[28:42, 34 + 3 * t:48 + 3 * t] = sprites
+        frames.append(f)
+        truth.append(np.stack([a, b]))
+    frames = np.stack(frames)
+    steps = cam.estimate_steps(frames)
+    split = ClassicalSegmenter().segment(frames, steps)
+    merged = ClassicalSegmenter(ClassicalParams(split_min_peak=None)).segment(frames, steps)
+    assert np.mean([len(i) == 1 for i in merged]) > 0.5  # without the split: one blob
+    two = [t for t in range(n) if len(split[t]) == 2]
+    assert len(two) >= n - 2, [len(i) for i in split]
+    for t in two:
+        iou = mask_iou(split[t].masks, truth[t])
+        assert iou.max(axis=0).min() > 0.5, iou  # each square has its own instance
 
 
 def test_stabilised_median_removes_a_mover_and_components_drop_small_ones():
@@ -544,10 +623,10 @@ def target_world(tmp_path_factory):
     return out
 
 
-# Measured on the target world (classical backend, seed 11, 40 clips; the slow test below) and what
-# the same tracklet/filter/scoring code reaches when handed the TRUE moving-agent union split into
-# connected components: the ceiling of "moving regions -> connected components" in this dense world.
-CLASSICAL_FLOOR = {"mask_iou": 0.35, "tracklet_purity": 0.75, "agent_layout_accuracy": 0.7}
+# A little under what the classical backend measures on the 12-clip fixture world above (mask_iou
+# 0.456, tracklet_purity 0.919, agent_layout_accuracy 1.0); on 40 clips (the slow test below) it
+# measures 0.516 / 0.935 / 0.998 (see the classical module's docstring).
+CLASSICAL_FLOOR = {"mask_iou": 0.42, "tracklet_purity": 0.87, "agent_layout_accuracy": 0.93}
 
 
 def _segment_world(world: Path, run: Path, extra=()):

@@ -1,8 +1,11 @@
 """Agent-vs-layout motion filter and interaction mining over tracklets (pure functions).
 
 A tracklet is an **agent** when its motion relative to the camera stays above ``min_speed``
-(pixels per frame) on at least ``min_frames`` of its frames; everything else (parked vehicles,
-signs, the scene, segmentation noise) is **layout**. Motion relative to the camera is measured two
+(pixels per frame) on at least ``min_frames`` of its frames, or on every frame of a tracklet seen
+on fewer frames than that (short tracklets are common in dense traffic, where touching movers are
+cut apart and rejoin; on the synthetic target world every such tracklet that was called layout
+was in fact an agent); everything else (parked vehicles, signs, the scene, segmentation noise) is
+**layout**. Motion relative to the camera is measured two
 ways; a frame's speed is the larger of the two (measured on the synthetic world: dense optical flow
 reads sub-pixel motion at a fifth to a half of its size, so for slow walkers only the centroid over
 a long window sees it; for fast movers whose masks change shape the flow is the steadier one):
@@ -110,13 +113,17 @@ def classify_tracklets(
     flow_speeds: Mapping[int, np.ndarray] | None = None,
     window: int = 8,
 ) -> dict[int, dict[str, Any]]:
-    """Per tracklet id: ``role``, ``moving_frames`` and ``median_speed`` (px/frame, where measured)."""
+    """Per tracklet id: ``role``, ``moving_frames`` and ``median_speed`` (px/frame, where measured).
+
+    A tracklet seen on fewer than ``min_frames`` frames must move on all of them to be an agent.
+    """
     out = {}
     for tid, c in centroids.items():
         speeds = combine_speeds(centroid_speeds(c, camera_steps, window),
                                 None if flow_speeds is None else flow_speeds.get(tid))
         finite = speeds[np.isfinite(speeds)]
-        out[tid] = {"role": classify_role(speeds, min_speed, min_frames),
+        seen = int(np.sum(np.isfinite(np.asarray(c, np.float64)[:, 0])))
+        out[tid] = {"role": classify_role(speeds, min_speed, max(1, min(min_frames, seen))),
                     "moving_frames": int(np.sum(finite > min_speed)),
                     "median_speed": round(float(np.median(finite)), 4) if len(finite) else None}
     return out
