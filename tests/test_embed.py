@@ -51,6 +51,28 @@ def test_frame_shuffle_changes_features_and_extra_is_appended(tmp_path, clips):
     assert not np.allclose(a["mean"], b["mean"][:, :32])
 
 
+def test_head_vector_appended_to_stored_features_equals_encoding_with_the_head(tmp_path, clips):
+    """The head-only arms' embed reads embed/frozen instead of encoding again: appending the head's
+    vector on the stored mean gives the arrays the embed work gives with the head as extra_features."""
+    from vjepa_adapt.evaluate.probe import append_clip_vectors
+    from vjepa_adapt.models.heads import MotionAuxHead
+
+    enc = _encoder()
+    torch.manual_seed(1)
+    head = MotionAuxHead(32, 8, reg_dims=4).eval()
+    kw = dict(num_frames=8, size=32, chunk_size=4, pooled_grid=(1, 2, 2))
+    E.embed_clips(enc, clips[:3], tmp_path / "frozen", **kw)
+    with torch.no_grad():
+        E.embed_clips(enc, clips[:3], tmp_path / "encoded", extra_features=lambda t: head(t.float().mean(dim=1))[2],
+                      **kw)
+        frozen = E.load_features(tmp_path / "frozen")
+        derived = append_clip_vectors(frozen, head(torch.from_numpy(frozen["mean"]))[2].numpy())
+    encoded = E.load_features(tmp_path / "encoded")
+    assert derived["tokens"].dtype == np.float16 and derived["tokens"].shape == encoded["tokens"].shape
+    np.testing.assert_array_equal(derived["tokens"], encoded["tokens"])
+    np.testing.assert_allclose(derived["mean"], encoded["mean"], rtol=0, atol=1e-6)
+
+
 def test_interrupted_embed_resumes_without_recomputing(tmp_path, clips, monkeypatch):
     enc = _encoder()
     calls = []

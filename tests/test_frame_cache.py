@@ -25,6 +25,24 @@ def test_cached_frames_equal_decoded_frames_and_decode_once(tmp_path, monkeypatc
         cache(clip, 4)
 
 
+def test_a_rewritten_video_is_decoded_again_not_served_from_the_old_entry(tmp_path):
+    """A re-rendered world (or a re-run factorize) writes new files under the same clip ids."""
+    import os
+
+    rng = np.random.default_rng(0)
+    path = write_video(tmp_path / "a.mp4", rng.integers(0, 255, (10, 32, 32, 3), np.uint8))
+    clip = Clip("a", str(path), "v")
+    cache = fc.FrameCache(tmp_path / "cache", num_frames=4)
+    old = np.array(cache(clip, 4))
+    st = os.stat(path)
+    write_video(path, rng.integers(0, 255, (10, 32, 32, 3), np.uint8))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a new mtime even on coarse clocks
+    new = cache(clip, 4)
+    np.testing.assert_array_equal(new, read_frames(str(path), num_frames=4))
+    assert not np.array_equal(new, old)
+    assert Clip("a", str(path), "v", 0.0, 0.5) != clip and cache.path(Clip("a", str(path), "v", 0.0, 0.5)) != cache.path(clip)
+
+
 def test_a_dataset_reading_through_the_cache_gives_the_same_samples_and_skips(tmp_path):
     good = Clip("g", str(write_video(tmp_path / "g.mp4", 20)), "v")
     (tmp_path / "bad.mp4").write_bytes(b"not a video")

@@ -6,8 +6,9 @@ the demo world decoding a 64-frame clip costs ~12-20 ms, as much as the tiny enc
 sample, so the demo keeps the decoded frames (``data.frame_cache``). A cache entry is filled on
 first use (atomic write, so concurrent decode workers may race harmlessly) and read memory-mapped.
 
-Entries are keyed by the sampling settings (frames, fps stride, size cap) in the folder name, so a
-changed setting never reads stale frames. Frames larger than ``max_short_side`` are shrunk (area
+Entries are keyed by the sampling settings (frames, fps stride, size cap) in the folder name and by
+the clip's file (path, window, size, mtime) in the entry name, so neither a changed setting nor a
+re-written video ever reads stale frames. Frames larger than ``max_short_side`` are shrunk (area
 interpolation) before storing: the cache stays bounded on real footage (a 1080p clip is ~100 MB
 decoded); at most a 2x margin over the model's input is kept for the training crops.
 """
@@ -37,9 +38,18 @@ class FrameCache:
         self.folder = Path(folder) / key
 
     def path(self, clip: Clip) -> Path:
-        # clip ids may hold characters a file name cannot ('/' in shard keys): hash them
-        digest = hashlib.sha1(clip.clip_id.encode()).hexdigest()[:16]
-        return self.folder / f"{digest}.npy"
+        # An entry is keyed by what the frames come from, not by the clip id alone: a re-rendered
+        # world or a re-run factorize writes new files under the same ids, and their frames must not
+        # be served from the old entry. Size and mtime of the file (of the shard for a member) say
+        # the bytes changed; ids may hold characters a file name cannot ('/' in shard keys): hashed.
+        file = clip.path.split("#", 1)[0]
+        try:
+            st = os.stat(file)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:  # a remote shard: its URL names its bytes
+            stamp = ""
+        key = "|".join(map(str, (clip.clip_id, clip.path, clip.start, clip.end, stamp)))
+        return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.npy"
 
     def __call__(self, clip: Clip, num_frames: int) -> np.ndarray:
         if num_frames != self.num_frames:

@@ -37,6 +37,8 @@ def _embed(ctx: StageContext, arm: str) -> StageResult:
     from vjepa_adapt.evaluate.embed import embed_job, merge_chunks
 
     cfg = ctx.cfg
+    if _is_head_only(arm):
+        return _embed_head_only(ctx, arm)
     clips, _ = load_run_clips(ctx.run_dir)
     arm_dir = ctx.path_of(arm) if arm in ctx.folders else None
     job = embed_job(clips, ctx.out_dir, cfg.embed.chunk_size,
@@ -49,21 +51,44 @@ def _embed(ctx: StageContext, arm: str) -> StageResult:
     return result
 
 
+def _embed_head_only(ctx: StageContext, arm: str) -> StageResult:
+    """A head-only arm's features without encoding again: its encoder is the frozen one, so its tokens
+    are embed/frozen's; the head's hidden vector on their mean (embed/frozen's ``mean``, the head's own
+    input) is appended to every pooled token and to the mean (``append_clip_vectors``). The same arrays
+    as encoding every clip again with the head as the embed work's ``extra_features``, without the forwards."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from vjepa_adapt.evaluate.embed import FEATURES_FILE, load_features
+    from vjepa_adapt.evaluate.probe import append_clip_vectors
+
+    frozen_dir = ctx.path_of(f"embed/{FROZEN}")
+    feats = load_features(frozen_dir)
+    head = _head_features(ctx.path_of(arm) / "best" / "head.safetensors", feats["mean"].shape[1], ctx.cfg)
+    with torch.no_grad():
+        hidden = head(torch.from_numpy(np.asarray(feats["mean"], np.float32))).float().cpu().numpy()  # (N, E)
+    out = append_clip_vectors(feats, hidden)
+    storage.save_npz(ctx.out_dir / FEATURES_FILE, clip_ids=out["clip_ids"], tokens=out["tokens"], mean=out["mean"])
+    result = StageResult(done=len(feats["clip_ids"]), extra={"from": f"embed/{FROZEN}"})
+    for s in json.loads((frozen_dir / "stage.json").read_text()).get("skipped", []):
+        result.skip(s["clip"], s["reason"])  # the same clips could not be read
+    return result
+
+
 def make_embed_worker(cfg: PipelineConfig, run_dir: Path, arm: str, arm_dir: Path | None):
     """The embed stage's per-chunk work (vjepa_adapt.engine) for one arm: its encoder, loaded here —
     once per process, rank or Ray actor."""
     from vjepa_adapt.evaluate.embed import make_embed_work
     from vjepa_adapt.models.vjepa import load_model
 
-    shuffle_seed, extra = None, None
+    shuffle_seed = None
     if arm == RANDOM_INIT:
         model = build_random_init(cfg, run_dir)
     elif arm in (FROZEN, FRAME_SHUFFLED):
         model = load_frozen(cfg, run_dir)
         shuffle_seed = cfg.run.seed if arm == FRAME_SHUFFLED else None
-    elif _is_head_only(arm):  # pretrain_head, surgery_head: the frozen encoder + the head's hidden vector
-        model = load_frozen(cfg, run_dir)
-        extra = _head_features(arm_dir / "best" / "head.safetensors", model, cfg)
     else:
         model, _ = load_model(str(arm_dir / "best" / "encoder"), crop_size=cfg.data.size,
                               frames_per_clip=cfg.data.num_frames, min_loaded_fraction=cfg.model.min_loaded_fraction,
@@ -73,22 +98,21 @@ def make_embed_worker(cfg: PipelineConfig, run_dir: Path, arm: str, arm_dir: Pat
     return make_embed_work(model.encoder, num_frames=cfg.data.num_frames, size=cfg.data.size,
                            batch_size=e.batch_size, pooled_grid=tuple(e.pooled_grid), device=resolve_device(cfg),
                            dtype=cfg.run.dtype, num_workers=cfg.run.num_workers, frame_shuffle_seed=shuffle_seed,
-                           extra_features=extra, read=frame_reader(cfg, run_dir))
+                           read=frame_reader(cfg, run_dir))
 
 
-def _head_features(path: Path, model, cfg: PipelineConfig):
-    """The head-only arm's extra features: the motion_aux head's hidden vector on mean-pooled tokens."""
+def _head_features(path: Path, dim: int, cfg: PipelineConfig):
+    """The head-only arm's extra features: ``fn(mean-pooled frozen tokens (B, D)) -> the motion_aux
+    head's hidden vector (B, E)``."""
     from safetensors.torch import load_file
 
     from vjepa_adapt.models.heads import MotionAuxHead
 
     sd = load_file(str(path))
-    head = MotionAuxHead(model.config.hidden_size, sd["cls.weight"].shape[0], reg_dims=sd["reg.weight"].shape[0])
+    head = MotionAuxHead(dim, sd["cls.weight"].shape[0], reg_dims=sd["reg.weight"].shape[0])
     head.load_state_dict(sd)
     head.eval().to(resolve_device(cfg))
-    return lambda tokens: head(tokens.float().mean(dim=1))[2]
-
-
+    return lambda mean: head(mean.float().to(resolve_device(cfg)))[2]
 
 
 def _probe_inputs(ctx: StageContext):

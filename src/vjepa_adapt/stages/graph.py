@@ -119,12 +119,15 @@ def build_graph(cfg: PipelineConfig) -> StageGraph:
     for arm in arms:
         trained = [] if arm in UNTRAINED else [arm]
         # random_init reads the packaged base's config on the demo world (its input transform)
-        loads_frozen = (arm in (FROZEN, FRAME_SHUFFLED) or is_head_only(arm)
-                        or (arm == RANDOM_INIT and uses_packaged_base(cfg)))
+        loads_frozen = arm in (FROZEN, FRAME_SHUFFLED) or (arm == RANDOM_INIT and uses_packaged_base(cfg))
+        # a head-only arm's encoder is the frozen one: its features are embed/frozen's plus its head's
+        # vector (one rank appends it, nothing is encoded again)
+        head_only = is_head_only(arm)
         specs.append(StageSpec(f"embed/{arm}", lambda ctx, arm=arm: _embed(ctx, arm),
-                               needs=["clips", *trained], reads=["embed", *model_keys, *data_keys],
+                               needs=["clips", *trained, *([f"embed/{FROZEN}"] if head_only else [])],
+                               reads=["embed", *model_keys, *data_keys],
                                requires=frozen_encoder if loads_frozen else device,
-                               clip_parallel=True, inputs=frozen_fingerprint))
+                               clip_parallel=not head_only, inputs=frozen_fingerprint))
         specs.append(StageSpec(f"probe/{arm}", lambda ctx, arm=arm: _probe(ctx, arm),
                                needs=[f"embed/{arm}", "motion", "clips"], reads=["probe"], requires=device))
     if cfg.probe.flow_ceiling:  # not an arm: what the labels allow, through the same splits and protocol

@@ -43,6 +43,7 @@ from vjepa_adapt.pipeline import StageContext
 from vjepa_adapt.progress import get_logger
 from vjepa_adapt.stage_result import StageResult
 from vjepa_adapt.stages.adapt import fit_arm, head_only_config
+from vjepa_adapt.stages.data import frame_reader
 from vjepa_adapt.stages.segment import FACTORIZE, SEGMENT
 
 log = get_logger("surgery")
@@ -158,7 +159,8 @@ class FactorFrames:
         return frames[sample_frame_indices(len(frames), num_frames)]
 
 
-def factor_streams(cfg: PipelineConfig, factor_dir: Path, segment_dir: Path, mo: Any, clips: list[Any]) -> dict:
+def factor_streams(cfg: PipelineConfig, factor_dir: Path, segment_dir: Path, mo: Any, clips: list[Any],
+                   read: Any = None) -> dict:
     """The train split's factor clips per stream (``layout``, ``agent``, ``interaction``), each with its
     own motion_aux target: its motion vector (RUN/factorize/motion.npz, first ``motion.aux_dims``)
     z-scored with the train statistics of ITS stream, and its motion class under the motion stage's
@@ -166,7 +168,10 @@ def factor_streams(cfg: PipelineConfig, factor_dir: Path, segment_dir: Path, mo:
 
     Per stream, not with the raw clips' statistics: a D_I tube is a crop blown up to the frame size, so
     its flow is magnified — measured on the demo world, raw statistics put D_I targets at mean z² 204
-    (max |z| 219; D_A 2.5, D_L 1.05) and the motion_aux MSE at 127 against a JEPA loss of 0.37."""
+    (max |z| 219; D_A 2.5, D_L 1.05) and the motion_aux MSE at 127 against a JEPA loss of 0.37.
+
+    ``read``: how a materialised factor clip is decoded (the run's frame cache; None = its file each
+    time it is drawn); streamed factor clips are rebuilt from their source by :class:`FactorFrames`."""
     from vjepa_adapt.data.clips import Clip
     from vjepa_adapt.data.loader import AuxTargets, Stream
     from vjepa_adapt.factors import KINDS, MANIFEST_FILE, MOTION_FILE, FactorParams
@@ -180,7 +185,7 @@ def factor_streams(cfg: PipelineConfig, factor_dir: Path, segment_dir: Path, mo:
     ls = mo.label_set
     index = {name: i for i, name in enumerate(ls.classes)}
     f = cfg.factors
-    reader = None
+    reader = read  # materialised: the factor clips' own files, through the run's frame cache when given
     if rows and not rows[0].get("materialised", True):
         params = FactorParams(num_frames=f.num_frames, max_agent_coverage_layout=f.max_agent_coverage_layout,
                               min_agent_coverage_agent=f.min_agent_coverage_agent, dilate=f.dilate, feather=f.feather,
@@ -202,7 +207,7 @@ def factor_streams(cfg: PipelineConfig, factor_dir: Path, segment_dir: Path, mo:
         source = {c.clip_id: c for c in clips}
         factor_clips = []
         for r in mine:
-            if reader is None:  # materialised: the factor clip's own file
+            if not isinstance(reader, FactorFrames):  # materialised: the factor clip's own file
                 factor_clips.append(Clip(r["clip_id"], str(factor_dir / r["path"]), r["video_id"], meta=r))
             else:  # streamed: rebuilt from its source clip (whose window it keeps)
                 src = source.get(r["source_clip"])
@@ -227,7 +232,7 @@ def _fit_on_factors(ctx: StageContext, tcfg: TrainConfig, masking: MaskingConfig
     counts: dict[str, int] = {}
 
     def make_streams(mo, clips):
-        streams = factor_streams(ctx.cfg, factor_dir, segment_dir, mo, clips)
+        streams = factor_streams(ctx.cfg, factor_dir, segment_dir, mo, clips, read=frame_reader(ctx.cfg, ctx.run_dir))
         counts.update({k: len(s.clips) for k, s in streams.items()})
         log.info("%s: factor streams of the train split: %s", ctx.out_dir.name,
                  ", ".join(f"{k} {n}" for k, n in counts.items()))

@@ -631,9 +631,11 @@ def evaluate(student: Student, teacher: nn.Module | None, targets_of: nn.Module 
              dev: torch.device, dtype: str) -> dict[str, Any]:
     """Val JEPA and motion_aux losses, a nearest-centroid probe on val, collapse and drift monitors.
 
-    Every rank runs it on the whole val set (under FSDP its forwards are collectives)."""
+    Every rank runs it on the whole val set (under FSDP its forwards are collectives). A head-only arm
+    skips the centroid probe: its encoder is the frozen one, the probe's score cannot change."""
     student.eval()
     enc = exported_encoder(student, teacher, tcfg)
+    probe = tcfg.mode != "head_only"
     sums: dict[str, float] = {}
     n = 0
     val_feats, val_labels = [], []
@@ -642,19 +644,20 @@ def evaluate(student: Student, teacher: nn.Module | None, targets_of: nn.Module 
             continue
         moved, targets, out = _forward(student, targets_of, batch, tcfg.motion_aux_weight or 1.0, dev, dtype)
         video = moved["video"]
-        with autocast_context(dev.type, dtype):
-            feats = encode_full(enc, video).mean(dim=1).float()  # (B, D)
         b = video.shape[0]
+        if probe:
+            with autocast_context(dev.type, dtype):
+                val_feats.append(encode_full(enc, video).mean(dim=1).float().cpu())  # (B, D)
+            val_labels.append(batch["label"] if "label" in batch else torch.full((b,), -1))
         n += b
         for k in ("jepa", "aux", "aux_ce", "aux_mse", "pred_std"):
             if k in out:
                 sums[k] = sums.get(k, 0.0) + float(out[k]) * b
         if targets is not None:
             sums["target_std"] = sums.get("target_std", 0.0) + float(targets.float().std(dim=1).mean()) * b
-        val_feats.append(feats.cpu())
-        val_labels.append(batch["label"] if "label" in batch else torch.full((b,), -1))
     res: dict[str, Any] = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
-    res["val_centroid_acc"] = _centroid_probe(enc, probe_set, val_feats, val_labels, dev, dtype, tcfg)
+    if probe:
+        res["val_centroid_acc"] = _centroid_probe(enc, probe_set, val_feats, val_labels, dev, dtype, tcfg)
     drift = relative_drift(list(student.encoder.parameters()), anchors)
     # NaN entries are tensors with ‖θ₀‖ = 0 (zero-initialised biases): no relative drift defined.
     res["drift_mean"] = float(np.nanmean(drift)) if drift else 0.0
