@@ -7,6 +7,7 @@ torch.utils.flop_counter with eager attention, since the counter does not see CP
 to a large fp32 ``torch.matmul`` measured in the same run.
 
     OMP_NUM_THREADS=2 python bench/bench_model.py --crops 64 128 --batch 2 --iters 3
+    OMP_NUM_THREADS=1 python bench/bench_model.py --crops 64 --profile     # where one step's time goes
 
 Other processes sharing the CPU make the numbers noisy; compare rows of one run, not runs.
 """
@@ -117,6 +118,28 @@ def counted_flops(crop: int, frames: int, batch: int, seed: int) -> float:
     return float(counter.get_total_flops())
 
 
+def profile_step(crop: int, frames: int, batch: int, seed: int, rows: int = 15) -> None:
+    """Operator table of one fp32 step (after two warm-up steps): where the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(seed)
+    model = build_model("tiny", crop_size=crop, frames_per_clip=frames).train()
+    teacher = build_model("tiny", crop_size=crop, frames_per_clip=frames).eval()
+    t, h, w = token_grid(model.config, frames)
+    n = t * h * w
+    g = torch.Generator().manual_seed(seed)
+    n_ctx = int(n * (0.25 + 0.15 * torch.rand(1, generator=g).item()))
+    perms = torch.stack([torch.randperm(n, generator=g) for _ in range(batch)])
+    step = make_step(model, teacher, torch.randn(batch, frames, 3, crop, crop, generator=g),
+                     perms[:, :n_ctx].sort(1).values, perms[:, n_ctx:].sort(1).values)
+    step()
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    print(f"one fp32 step, {crop} px, B={batch}, {n} tokens ({n_ctx} context), {torch.get_num_threads()} threads")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--crops", type=int, nargs="+", default=[64, 128])
@@ -124,7 +147,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", action="store_true", help="print where one fp32 step of the first crop spends "
+                                                           "its time (torch.profiler, by operator)")
     args = ap.parse_args()
+    if args.profile:
+        profile_step(args.crops[0], args.frames, args.batch, args.seed)
+        return
 
     check = counted_flops(args.crops[0], args.frames, args.batch, args.seed)
     peak32 = matmul_peak_gflops(torch.float32)
