@@ -45,7 +45,8 @@ class RunConfig(Section):
     dtype: Literal["fp32", "bf16"] = "fp32"
     num_workers: int = Field(0, ge=0)
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = leave torch's default")
-    # Clip-parallel stages (motion, tag, embed): where their per-chunk work runs (vjepa_adapt.engine).
+    # Clip-parallel stages (motion, tag, embed, segment, factorize): where their per-chunk work runs
+    # (vjepa_adapt.engine).
     # None of these is in a stage hash: every engine writes the same bytes.
     engine: Literal["local", "ray"] = Field(
         "local", description="local = this process (under torchrun: chunks sharded by rank, rank 0 merges); "
@@ -54,8 +55,12 @@ class RunConfig(Section):
                                                       "running cluster (ray start --head)")
     ray_workers: int = Field(0, ge=0, description="Ray tasks/actors at a time; 0 = one per GPU (model stages on "
                                                   "GPUs) or per CPU")
-    chunk_size: int = Field(64, ge=1, description="clips per resumable chunk of motion and tag (embed: "
-                                                  "embed.chunk_size)")
+    chunk_size: int = Field(64, ge=1, description="clips per resumable chunk of motion, tag, segment and "
+                                                  "factorize (embed: embed.chunk_size)")
+    cpu_workers: int = Field(0, ge=0, description="run.engine=local, one process: worker processes for the "
+                                                  "clip-parallel stages that use no device (motion, classical "
+                                                  "segment, factorize, heuristic tag); 0 or 1 = this process. "
+                                                  "Ignored under torchrun")
 
 
 class SynthConfig(Section):

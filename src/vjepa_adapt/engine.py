@@ -19,7 +19,13 @@ Engines (``run.engine``):
 
 * ``local`` (default, needs no Ray): the parts in this process, in order. Under torchrun (several
   ranks) each rank takes the chunks k ≡ rank (mod world), writes its own part files, all ranks meet
-  at a barrier, and rank 0 merges (the others get ``None``).
+  at a barrier, and rank 0 merges (the others get ``None``). ``run.cpu_workers`` = N > 1 (one
+  process, no torchrun): a job that uses no device (motion, classical segment, factorize, heuristic
+  tag) runs in N worker processes (``concurrent.futures``, forkserver/spawn — never fork: this
+  process holds torch's thread pools), each calling ``make_worker`` once, with torch and OpenCV at
+  one thread, taking the next missing chunk as it finishes one; this process writes each part as
+  it arrives (so a crash keeps the finished ones). Ignored under torchrun (the ranks already split
+  the chunks) and for device jobs (embed, model-backed tag / segment).
 * ``ray``: Ray Data ``map_batches`` over one row per missing chunk — tasks for CPU stages (motion),
   an actor pool for stages that load a model (embed, tag; ``num_gpus=1`` per actor when the
   cluster has GPUs and ``run.device`` allows), ``run.ray_workers`` at a time. Workers return each
@@ -44,7 +50,7 @@ import numpy as np
 from vjepa_adapt import dist, storage
 from vjepa_adapt.data.clips import Clip
 from vjepa_adapt.errors import UserError
-from vjepa_adapt.progress import get_logger
+from vjepa_adapt.progress import get_logger, progress
 
 log = get_logger("engine")
 
@@ -130,8 +136,11 @@ def _save_part(job: ClipJob, chunk: Chunk, part: Part) -> None:
 
 
 def run_job(job: ClipJob, engine: str = "local", ray_address: str | None = None, workers: int = 0,
-            ) -> list[Part] | None:
-    """Compute the job's missing parts on ``engine``; every part in chunk order (rank 0), else None."""
+            cpu_workers: int = 0) -> list[Part] | None:
+    """Compute the job's missing parts on ``engine``; every part in chunk order (rank 0), else None.
+
+    ``cpu_workers`` > 1: the local engine's worker processes for a job without a device (see the module doc).
+    """
     if engine not in ENGINES:
         raise UserError(f"run.engine: {engine!r} is not one of {', '.join(ENGINES)}")
     chunks = job.chunks()
@@ -144,6 +153,8 @@ def run_job(job: ClipJob, engine: str = "local", ray_address: str | None = None,
     if todo:
         if engine == "ray":
             _run_ray(job, todo, ray_address, workers)
+        elif cpu_workers > 1 and not sharded and not job.uses_device and len(todo) > 1:
+            _run_processes(job, todo, cpu_workers)
         else:
             _run_local(job, todo)
     if sharded:
@@ -158,6 +169,75 @@ def _run_local(job: ClipJob, todo: list[Chunk]) -> None:
     work = job.make_worker()
     for k, part in work(todo):
         _save_part(job, by_index[k], part)
+
+
+# ----------------------------------------------------------------------------------------- worker processes
+
+_PROCESS_WORK: Work | None = None  # in a cpu_workers process: the job's work, made once
+
+
+def _process_init(make_worker: Callable[[], Work]) -> None:
+    global _PROCESS_WORK
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)  # N processes of one thread each: as many busy cores as workers
+    cv2.setNumThreads(1)
+    os.environ.setdefault("VJEPA_ADAPT_QUIET", "1")  # one bar (the parent's), not N interleaved ones
+    _PROCESS_WORK = make_worker()
+
+
+def _process_chunk(chunk: Chunk) -> list[tuple[int, Part]]:
+    assert _PROCESS_WORK is not None, "worker process not initialised"
+    return list(_PROCESS_WORK([chunk]))
+
+
+def _process_context() -> Any:
+    import multiprocessing as mp
+
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        # the fork server imports these once; every worker forks from it (a fresh process, no threads)
+        ctx.set_forkserver_preload(["vjepa_adapt.engine"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _run_processes(job: ClipJob, todo: list[Chunk], cpu_workers: int) -> None:
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    n = min(cpu_workers, len(todo))
+    by_index = {c.index: c for c in todo}
+    log.info("%s: %d chunks in %d worker processes (run.cpu_workers)", job.name, len(todo), n)
+    bar = iter(progress(range(len(todo)), desc=job.name, total=len(todo), unit="chunk"))
+    error: BaseException | None = None
+
+    def save(futures) -> None:
+        nonlocal error
+        for fut in futures:
+            if fut.cancelled():
+                continue
+            if fut.exception() is not None:
+                error = error or fut.exception()
+                continue
+            for k, part in fut.result():
+                _save_part(job, by_index[k], part)  # as each arrives: survives a crash
+            next(bar, None)
+
+    with ProcessPoolExecutor(max_workers=n, mp_context=_process_context(), initializer=_process_init,
+                             initargs=(job.make_worker,)) as pool:
+        pending = {pool.submit(_process_chunk, c) for c in todo}  # a shared queue: each takes the next chunk
+        try:
+            while pending and error is None:
+                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                save(finished)
+        finally:
+            if pending:  # a chunk failed (or Ctrl-C): start no other, keep what is still finishing
+                for fut in pending:
+                    fut.cancel()
+                save(wait(pending).done)
+    if error is not None:
+        raise error
 
 
 def _collect(job: ClipJob, chunks: list[Chunk]) -> list[Part]:
@@ -223,7 +303,7 @@ def ensure_ray(address: str | None = None) -> Any:
 
 def _run_ray(job: ClipJob, todo: list[Chunk], address: str | None, workers: int) -> None:
     ray = ensure_ray(address)
-    import ray.data
+    import ray.data  # noqa: F811 - the submodule, on the package ensure_ray returned
 
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
@@ -250,6 +330,8 @@ def _run_ray(job: ClipJob, todo: list[Chunk], address: str | None, workers: int)
 
 
 def run_configured(job: ClipJob, run: Any) -> list[Part] | None:
-    """:func:`run_job` with the ``run`` config section (engine, ray_address, ray_workers, device, threads)."""
+    """:func:`run_job` with the ``run`` config section (engine, ray_address, ray_workers, cpu_workers, device,
+    threads)."""
     job.device, job.threads = run.device, run.threads
-    return run_job(job, engine=run.engine, ray_address=run.ray_address, workers=run.ray_workers)
+    return run_job(job, engine=run.engine, ray_address=run.ray_address, workers=run.ray_workers,
+                   cpu_workers=run.cpu_workers)

@@ -28,6 +28,7 @@ parameters, and :func:`build_factor_clip` rebuilds the frames while training.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -325,16 +326,6 @@ def factor_motion(frames_full_rate: np.ndarray, num_pairs: int, backend: str, ma
 # ------------------------------------------------------------------------------------ the stage
 
 
-@dataclass
-class FactorItem:
-    clip_id: str
-    video_id: str
-    split: str | None
-    source_path: str
-    masks: Callable[[], ClipMasks]
-    frames: Callable[[ClipMasks], np.ndarray]  # the segmented frames of the clip
-
-
 @dataclass(frozen=True)
 class MotionSettings:
     num_pairs: int = 16
@@ -343,72 +334,163 @@ class MotionSettings:
     device: str = "cpu"
 
 
-def run_factorize_stage(items: Sequence[FactorItem], params: FactorParams, out_dir: Path, materialise: bool,
-                        motion: MotionSettings, skip_errors: tuple[type[BaseException], ...], fps: float = 16.0,
-                        sample_clips: int = 4) -> StageResult:
-    """Plan, build (or index) and describe the factor clips of every segmented clip."""
-    from vjepa_adapt.data.encode import write_video
+# The stage is clip-parallel (vjepa_adapt.engine): a worker plans, builds and describes the factor
+# clips of a chunk of segmented clips and returns one part holding everything the driver writes (it
+# reads the clips and segment's masks files, never writes the run folder); merge_factor_parts writes
+# the files from the parts, in chunk order — the same bytes on every engine.
+
+
+def make_factorize_work(params: FactorParams, materialise: bool, motion: MotionSettings, fps: float,
+                        segmented: Callable[[Any], tuple[ClipMasks, np.ndarray]], split_of: Callable[[Any], Any],
+                        skip_errors: tuple[type[BaseException], ...]):
+    """``work(chunks) -> (chunk index, part)``; ``segmented(clip)`` -> (its masks, its segmented frames),
+    ``split_of(clip)`` -> its split. A part:
+
+    - ``rows`` (m,) str: the manifest rows of the chunk's factor clips (JSON), in clip order;
+    - ``features`` (m, 23) float32: their motion_aux targets;
+    - ``videos_data`` (bytes,) uint8 + ``videos_offsets`` (m + 1,) int64: their MP4 files (materialised;
+      streamed: all empty), row i's file is ``videos_data[off[i]:off[i + 1]]``;
+    - ``done_ids`` (n,) str and ``build_seconds`` (n,) float64: the clips factorised;
+    - ``dropped`` (len(KINDS),) int64: how many clips dropped each kind;
+    - ``skipped_ids``, ``skipped_reasons`` (str): the bad clips and why.
+
+    The sample grids are not in it: the driver rebuilds the few clips they show.
+    """
+    from vjepa_adapt.data.encode import encode_video
     from vjepa_adapt.motion.features import FEATURE_NAMES
+    from vjepa_adapt.segmentation.stage import pack_bytes
+
+    def work(chunks):
+        flat = ((chunk, c) for chunk in chunks for c in chunk.clips)
+        left = {chunk.index: len(chunk.clips) for chunk in chunks}
+        acc = _new_acc()
+        for chunk, c in progress(flat, desc="factorize", total=sum(left.values()), unit="clip"):
+            try:
+                masks, frames = segmented(c)
+                t0 = time.perf_counter()
+                specs, why = plan_factors(masks, params)
+                rows, feats, videos = [], [], []
+                for spec in specs:
+                    full = build_factor_frames(frames, masks, spec, params, full_rate=True)
+                    feats.append(factor_motion(full, motion.num_pairs, motion.backend, motion.max_side, motion.device))
+                    row = {**spec_to_row(spec), "video_id": c.video_id, "split": split_of(c),
+                           "source_frames": [int(masks.frame_indices[spec.window[0]]),
+                                             int(masks.frame_indices[spec.window[1] - 1])],
+                           "materialised": materialise}
+                    if materialise:
+                        clip = full[resample_indices(*spec.window, params.num_frames) - spec.window[0]]
+                        videos.append(encode_video(clip, fps=fps))
+                        row["path"] = f"{spec.kind}/{spec.clip_id}.mp4"
+                    else:
+                        row["path"] = c.path  # streamed: rebuilt from the source clip + these parameters
+                    rows.append(row)
+                seconds = time.perf_counter() - t0
+            except skip_errors as err:
+                reason = f"{type(err).__name__}: {err}"
+                log.warning("factorize: skipping clip %s: %s", c.clip_id, reason)
+                acc["skipped"].append((c.clip_id, reason))
+            else:
+                for kind in why:
+                    acc["dropped"][KINDS.index(kind)] += 1
+                acc["rows"] += rows
+                acc["feats"] += feats
+                acc["videos"] += videos
+                acc["done"].append((c.clip_id, seconds))
+            left[chunk.index] -= 1
+            if left[chunk.index] == 0:
+                yield chunk.index, {
+                    "rows": np.asarray([json.dumps(r) for r in acc["rows"]], dtype=str),
+                    "features": (np.stack(acc["feats"]).astype(np.float32) if acc["feats"]
+                                 else np.zeros((0, len(FEATURE_NAMES)), np.float32)),
+                    **pack_bytes(acc["videos"], "videos"),
+                    "done_ids": np.asarray([i for i, _ in acc["done"]], dtype=str),
+                    "build_seconds": np.asarray([t for _, t in acc["done"]], np.float64),
+                    "dropped": np.asarray(acc["dropped"], np.int64),
+                    "skipped_ids": np.asarray([i for i, _ in acc["skipped"]], dtype=str),
+                    "skipped_reasons": np.asarray([r for _, r in acc["skipped"]], dtype=str),
+                }
+                acc = _new_acc()
+
+    return work
+
+
+def _new_acc() -> dict[str, Any]:
+    return {"rows": [], "feats": [], "videos": [], "done": [], "dropped": [0] * len(KINDS), "skipped": []}
+
+
+def merge_factor_parts(parts: Sequence[dict[str, np.ndarray]], params: FactorParams, out_dir: Path,
+                       materialise: bool, segmented: Callable[[str], tuple[ClipMasks, np.ndarray]] | None = None,
+                       sample_clips: int = 4) -> StageResult:
+    """Write the stage's files from the parts (in chunk order): <kind>/<clip>.mp4 (materialised),
+    manifest.jsonl, motion.npz, samples_<kind>.png (``segmented(source clip id)`` -> its masks and
+    frames, for the few clips the grids show). Bad clips are skipped with their reason."""
+    from vjepa_adapt.motion.features import FEATURE_NAMES
+    from vjepa_adapt.segmentation.stage import unpack_bytes
 
     out_dir = Path(out_dir)
     result = StageResult()
     rows: list[dict[str, Any]] = []
     feats: list[np.ndarray] = []
-    samples: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {k: [] for k in KINDS}
-    dropped = {k: 0 for k in KINDS}
-    t_build = 0.0
-    for item in progress(items, desc="factorize", total=len(items), unit="clip"):
-        try:
-            masks = item.masks()
-            frames = item.frames(masks)
-            t0 = time.perf_counter()
-            specs, why = plan_factors(masks, params)
-            sampled_from: set[str] = set()
-            for kind in why:
-                dropped[kind] += 1
-            for spec in specs:
-                full = build_factor_frames(frames, masks, spec, params, full_rate=True)
-                clip = full[resample_indices(*spec.window, params.num_frames) - spec.window[0]]
-                feats.append(factor_motion(full, motion.num_pairs, motion.backend, motion.max_side, motion.device))
-                row = {**spec_to_row(spec), "video_id": item.video_id, "split": item.split,
-                       "source_frames": [int(masks.frame_indices[spec.window[0]]),
-                                         int(masks.frame_indices[spec.window[1] - 1])],
-                       "materialised": materialise}
-                if materialise:
-                    rel = f"{spec.kind}/{spec.clip_id}.mp4"
-                    write_video(out_dir / rel, clip, fps=fps)
-                    row["path"] = rel
-                else:
-                    row["path"] = item.source_path  # streamed: rebuilt from the source clip + these parameters
-                rows.append(row)
-                if len(samples[spec.kind]) < sample_clips and spec.kind not in sampled_from:
-                    s, e = spec.window
-                    source = frames[resample_indices(s, e, params.num_frames)].copy()
-                    if spec.box is not None:  # show where the tube was cut
-                        for f in source:
-                            cv2.rectangle(f, spec.box[:2], (spec.box[2] - 1, spec.box[3] - 1), (255, 255, 0), 1)
-                    samples[spec.kind].append((spec.clip_id, source, clip))
-                    sampled_from.add(spec.kind)  # one sample per kind and source clip: the grid shows several clips
-            t_build += time.perf_counter() - t0
-        except skip_errors as err:
-            reason = f"{type(err).__name__}: {err}"
-            log.warning("factorize: skipping clip %s: %s", item.clip_id, reason)
-            result.skip(item.clip_id, reason)
-            continue
-        result.done += 1
+    dropped = np.zeros(len(KINDS), np.int64)
+    seconds: list[float] = []
+    for part in parts:
+        part_rows = [json.loads(str(r)) for r in part["rows"]]
+        videos = unpack_bytes(part, "videos")
+        if materialise:
+            if len(videos) != len(part_rows):
+                raise ValueError(f"factorize part: {len(videos)} videos for {len(part_rows)} rows")
+            for row, data in zip(part_rows, videos):
+                storage.write_bytes(out_dir / row["path"], data)
+        rows += part_rows
+        feats.append(part["features"].astype(np.float32).reshape(-1, len(FEATURE_NAMES)))
+        dropped += part["dropped"].astype(np.int64)
+        seconds += [float(t) for t in part["build_seconds"]]
+        for cid, reason in zip(part["skipped_ids"], part["skipped_reasons"]):
+            result.skip(str(cid), str(reason))
+    result.done = len(seconds)
     storage.write_jsonl(out_dir / MANIFEST_FILE, rows)
     storage.save_npz(out_dir / MOTION_FILE, clip_ids=np.array([r["clip_id"] for r in rows], dtype=str),
                      kinds=np.array([r["kind"] for r in rows], dtype=str),
-                     features=np.stack(feats).astype(np.float32) if feats else np.zeros((0, len(FEATURE_NAMES)),
-                                                                                        np.float32),
+                     features=(np.concatenate(feats) if feats else np.zeros((0, len(FEATURE_NAMES)), np.float32)),
                      feature_names=np.array(FEATURE_NAMES, dtype=str))
-    for kind, picked in samples.items():
-        if picked:
+    if segmented is not None and sample_clips:
+        for kind, picked in sample_factors(rows, params, segmented, sample_clips).items():
             write_sample_grid(out_dir / f"samples_{kind}.png", kind, picked, params.num_frames)
     counts = {k: sum(r["kind"] == k for r in rows) for k in KINDS}
-    result.extra.update({"factor_clips": counts, "dropped": dropped, "materialised": materialise,
-                         "seconds_per_clip": round(t_build / result.done, 4) if result.done else None})
+    result.extra.update({"factor_clips": counts, "dropped": dict(zip(KINDS, dropped.tolist())),
+                         "materialised": materialise,
+                         "seconds_per_clip": round(sum(seconds) / len(seconds), 4) if seconds else None})
     return result
+
+
+def sample_factors(rows: Sequence[dict[str, Any]], params: FactorParams,
+                   segmented: Callable[[str], tuple[ClipMasks, np.ndarray]],
+                   sample_clips: int) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
+    """The sample grids' clips, rebuilt: per kind the first factor clip of each of the first
+    ``sample_clips`` source clips (manifest order) -> (factor clip id, source frames, factor frames);
+    a tube's crop box is drawn on its source frames."""
+    picked: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
+    for row in rows:
+        chosen = picked[row["kind"]]
+        if len(chosen) < sample_clips and all(r["source_clip"] != row["source_clip"] for r in chosen):
+            chosen.append(row)
+    cache: dict[str, tuple[ClipMasks, np.ndarray]] = {}
+    out: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    for kind, chosen in picked.items():
+        for row in chosen:
+            if row["source_clip"] not in cache:
+                cache[row["source_clip"]] = segmented(row["source_clip"])
+            masks, frames = cache[row["source_clip"]]
+            spec = spec_from_row(row)
+            s, e = spec.window
+            full = build_factor_frames(frames, masks, spec, params, full_rate=True)
+            clip = full[resample_indices(s, e, params.num_frames) - s]
+            source = frames[resample_indices(s, e, params.num_frames)].copy()
+            if spec.box is not None:  # show where the tube was cut
+                for f in source:
+                    cv2.rectangle(f, spec.box[:2], (spec.box[2] - 1, spec.box[3] - 1), (255, 255, 0), 1)
+            out.setdefault(kind, []).append((spec.clip_id, source, clip))
+    return out
 
 
 def write_sample_grid(path: Path, kind: str, picked: Sequence[tuple[str, np.ndarray, np.ndarray]],

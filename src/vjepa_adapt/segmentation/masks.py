@@ -94,6 +94,12 @@ class ClipMasks:
 
 def save_clip_masks(path: str | os.PathLike, masks: ClipMasks) -> None:
     """Write one clip's masks atomically (see the module doc for the members)."""
+    storage.write_bytes(path, clip_masks_bytes(masks))
+
+
+def clip_masks_bytes(masks: ClipMasks) -> bytes:
+    """The bytes of one clip's masks file (what :func:`save_clip_masks` writes; a segment worker
+    returns them to the process that writes the run's files)."""
     values, lengths = rle_encode(masks.labels)
     meta = {"format_version": MASKS_FORMAT_VERSION, "clip_id": masks.clip_id, "tracklets": masks.tracklets,
             "interactions": masks.interactions, "info": masks.info}
@@ -103,7 +109,7 @@ def save_clip_masks(path: str | os.PathLike, masks: ClipMasks) -> None:
         buf, rle_values=values, rle_lengths=lengths, shape=np.asarray(masks.labels.shape, np.int64),
         frame_indices=np.asarray(masks.frame_indices, np.int64), camera_steps=np.asarray(steps, np.float32),
         meta_json=np.frombuffer(json.dumps(meta, default=_plain).encode("utf-8"), np.uint8))
-    storage.write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def _plain(obj: Any) -> Any:

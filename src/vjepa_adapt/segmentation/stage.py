@@ -8,13 +8,16 @@ Outputs in ``out_dir`` (all through :mod:`vjepa_adapt.storage`, atomic):
 - ``overlay.png``          a few clips: sampled frames, then the same frames with agents filled and
                            layout tracklets outlined
 
-A clip whose masks file exists is not segmented again (an interrupted stage resumes; the stage
-graph wipes the folder when a setting changes). When clips carry synthetic ground truth, the
-four truth scores (:mod:`~vjepa_adapt.segmentation.truth`) are returned in the result's ``extra``.
+The stage is clip-parallel (:mod:`vjepa_adapt.engine`): workers segment chunks of clips into parts
+(:func:`make_segment_work`), the driver writes the files from them (:func:`merge_segment_parts`), the
+same bytes on every engine. A chunk with a part is not segmented again (an interrupted stage resumes;
+the stage graph wipes the folder when a setting changes). When clips carry synthetic ground truth,
+the four truth scores (:mod:`~vjepa_adapt.segmentation.truth`) are returned in the result's ``extra``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +31,7 @@ import numpy as np
 from vjepa_adapt import storage
 from vjepa_adapt.progress import get_logger, progress
 from vjepa_adapt.segmentation.clip import Segmenter, TrackParams, segment_clip
-from vjepa_adapt.segmentation.masks import ClipMasks, load_clip_masks, save_clip_masks
+from vjepa_adapt.segmentation.masks import ClipMasks, clip_masks_bytes, load_clip_masks
 from vjepa_adapt.stage_result import StageResult
 
 log = get_logger("segment")
@@ -78,51 +81,133 @@ def summary_row(m: ClipMasks) -> dict[str, Any]:
             "interactions": len(m.interactions), "frames": int(m.labels.shape[0])}
 
 
-def run_segment_stage(items: Sequence[SegmentItem], segmenter: Segmenter, params: TrackParams, out_dir: Path,
-                      sampling: Sampling, skip_errors: tuple[type[BaseException], ...],
-                      overlay_clips: int = 4) -> StageResult:
-    """Segment every item; bad clips are skipped with their reason (the caller checks the share)."""
-    from vjepa_adapt.segmentation.truth import aggregate, score_clip
+# ------------------------------------------------------------------- clip-parallel (engine) form
+# The stage as vjepa_adapt.engine runs it: a worker segments a chunk of clips and returns one part
+# holding everything the driver writes (it needs to read the clips, never to write the run folder);
+# merge_segment_parts writes the files from the parts, in chunk order.
+
+
+def make_segment_work(segmenter: Segmenter, params: TrackParams, sampling: Sampling,
+                      read: Callable[[Any], tuple[np.ndarray, np.ndarray]], truth_of: Callable[[Any], Any],
+                      skip_errors: tuple[type[BaseException], ...]):
+    """``work(chunks) -> (chunk index, part)``; ``read(clip)`` -> (frames, frame indices), ``truth_of(clip)``
+    -> the clip's synthetic Truth or None. A part (per segmented clip, in clip order):
+
+    - ``clip_ids`` (n,) str; ``masks_data`` (bytes,) uint8 = the n masks files back to back, ``masks_offsets``
+      (n + 1,) int64 (clip i is ``masks_data[off[i]:off[i + 1]]``, the bytes of :func:`clip_masks_bytes`);
+    - ``summary`` (n,) str: the summary.jsonl rows (JSON);
+    - ``truth_counts`` (n, len(COUNT_KEYS)) float64 and ``has_truth`` (n,) bool (truth.score_clip);
+    - ``seconds`` (n, 2) float64: decode, segment;
+    - ``skipped_ids``, ``skipped_reasons`` (str): the bad clips and why.
+    """
+    from vjepa_adapt.segmentation.truth import COUNT_KEYS, score_clip
+
+    info = {"num_frames": sampling.num_frames, "short_side": sampling.short_side}
+
+    def work(chunks):
+        flat = ((chunk, c) for chunk in chunks for c in chunk.clips)
+        left = {chunk.index: len(chunk.clips) for chunk in chunks}
+        acc = _SegmentAcc()
+        for chunk, c in progress(flat, desc="segment", total=sum(left.values()), unit="clip"):
+            try:
+                t0 = time.perf_counter()
+                frames, idx = read(c)
+                t1 = time.perf_counter()
+                masks = segment_clip(c.clip_id, frames, idx, segmenter, params, info=info)
+                t2 = time.perf_counter()
+                data = clip_masks_bytes(masks)
+            except skip_errors as err:
+                reason = f"{type(err).__name__}: {err}"
+                log.warning("segment: skipping clip %s: %s", c.clip_id, reason)
+                acc.skipped.append((c.clip_id, reason))
+            else:
+                truth = truth_of(c)
+                counts = score_clip(masks, truth) if truth is not None else None
+                acc.add(c.clip_id, data, summary_row(masks), counts, (t1 - t0, t2 - t1))
+            left[chunk.index] -= 1
+            if left[chunk.index] == 0:
+                yield chunk.index, acc.part(COUNT_KEYS)
+                acc = _SegmentAcc()
+
+    return work
+
+
+class _SegmentAcc:
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.data: list[bytes] = []
+        self.rows: list[dict[str, Any]] = []
+        self.counts: list[dict[str, float] | None] = []
+        self.seconds: list[tuple[float, float]] = []
+        self.skipped: list[tuple[str, str]] = []
+
+    def add(self, clip_id: str, data: bytes, row: dict[str, Any], counts: dict[str, float] | None,
+            seconds: tuple[float, float]) -> None:
+        self.ids.append(clip_id)
+        self.data.append(data)
+        self.rows.append(row)
+        self.counts.append(counts)
+        self.seconds.append(seconds)
+
+    def part(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        return {
+            "clip_ids": np.asarray(self.ids, dtype=str),
+            **pack_bytes(self.data, "masks"),
+            "summary": np.asarray([json.dumps(r) for r in self.rows], dtype=str),
+            "truth_counts": np.asarray([[c[k] for k in keys] if c else [0.0] * len(keys) for c in self.counts],
+                                       np.float64).reshape(len(self.ids), len(keys)),
+            "has_truth": np.asarray([c is not None for c in self.counts], bool),
+            "seconds": np.asarray(self.seconds, np.float64).reshape(len(self.ids), 2),
+            "skipped_ids": np.asarray([c for c, _ in self.skipped], dtype=str),
+            "skipped_reasons": np.asarray([r for _, r in self.skipped], dtype=str),
+        }
+
+
+def pack_bytes(blobs: Sequence[bytes], name: str) -> dict[str, np.ndarray]:
+    """Byte strings -> ``{name}_data`` (uint8, back to back) and ``{name}_offsets`` (len + 1,) int64."""
+    offsets = np.zeros(len(blobs) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(b) for b in blobs]) if blobs else []
+    return {f"{name}_data": np.frombuffer(b"".join(blobs), np.uint8), f"{name}_offsets": offsets}
+
+
+def unpack_bytes(part: dict[str, np.ndarray], name: str) -> list[bytes]:
+    data, off = part[f"{name}_data"], part[f"{name}_offsets"]
+    return [data[off[i]:off[i + 1]].tobytes() for i in range(len(off) - 1)]
+
+
+def merge_segment_parts(parts: Sequence[dict[str, np.ndarray]], out_dir: Path, backend: str,
+                        read: Callable[[str], tuple[np.ndarray, np.ndarray]] | None = None,
+                        overlay_clips: int = 4) -> StageResult:
+    """Write the stage's files from the parts (in chunk order): masks/<clip>.npz, summary.jsonl, overlay.png
+    (``read(clip_id)`` decodes the few clips it shows), the truth scores in ``extra``. Bad clips are
+    skipped with their reason (the caller checks the share)."""
+    from vjepa_adapt.segmentation.truth import COUNT_KEYS, aggregate
 
     out_dir = Path(out_dir)
     result = StageResult()
     rows: list[dict[str, Any]] = []
     truth_counts: list[dict[str, float]] = []
-    t_decode = t_segment = 0.0
-    n_new = 0
-    done_items: list[SegmentItem] = []
-    for item in progress(items, desc="segment", total=len(items), unit="clip"):
-        path = masks_path(out_dir, item.clip_id)
-        try:
-            if path.exists():
-                masks = load_clip_masks(path)
-            else:
-                t0 = time.perf_counter()
-                frames, idx = item.read()
-                t1 = time.perf_counter()
-                masks = segment_clip(item.clip_id, frames, idx, segmenter, params,
-                                     info={"num_frames": sampling.num_frames, "short_side": sampling.short_side})
-                t2 = time.perf_counter()
-                save_clip_masks(path, masks)
-                t_decode, t_segment, n_new = t_decode + (t1 - t0), t_segment + (t2 - t1), n_new + 1
-        except skip_errors as err:
-            reason = f"{type(err).__name__}: {err}"
-            log.warning("segment: skipping clip %s: %s", item.clip_id, reason)
-            result.skip(item.clip_id, reason)
-            continue
-        rows.append(summary_row(masks))
-        done_items.append(item)
-        if item.truth is not None:
-            truth_counts.append(score_clip(masks, item.truth()))
+    seconds = np.zeros((0, 2))
+    for part in parts:
+        ids = [str(c) for c in part["clip_ids"]]
+        for cid, data in zip(ids, unpack_bytes(part, "masks")):
+            storage.write_bytes(masks_path(out_dir, cid), data)
+        rows.extend(json.loads(str(r)) for r in part["summary"])
+        truth_counts.extend(dict(zip(COUNT_KEYS, (float(x) for x in c)))
+                            for c, has in zip(part["truth_counts"], part["has_truth"]) if has)
+        seconds = np.concatenate([seconds, part["seconds"].reshape(-1, 2)])
+        for cid, reason in zip(part["skipped_ids"], part["skipped_reasons"]):
+            result.skip(str(cid), str(reason))
     result.done = len(rows)
     storage.write_jsonl(out_dir / SUMMARY_FILE, rows)
-    if done_items and overlay_clips:
-        write_overlay(out_dir / OVERLAY_FILE, out_dir, done_items[:overlay_clips])
+    if rows and overlay_clips and read is not None:
+        items = [SegmentItem(r["clip_id"], lambda cid=r["clip_id"]: read(cid)) for r in rows[:overlay_clips]]
+        write_overlay(out_dir / OVERLAY_FILE, out_dir, items)
+    n = len(seconds)
     result.extra.update({
-        "backend": segmenter.name,
-        "segmented_now": n_new,
-        "seconds_per_clip": round(t_segment / n_new, 4) if n_new else None,
-        "decode_seconds_per_clip": round(t_decode / n_new, 4) if n_new else None,
+        "backend": backend,
+        "seconds_per_clip": round(float(seconds[:, 1].mean()), 4) if n else None,
+        "decode_seconds_per_clip": round(float(seconds[:, 0].mean()), 4) if n else None,
         "tracklets": sum(r["agents"] + r["layout"] for r in rows),
         "agents": sum(r["agents"] for r in rows),
         "layout": sum(r["layout"] for r in rows),

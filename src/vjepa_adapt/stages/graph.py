@@ -87,8 +87,9 @@ def build_graph(cfg: PipelineConfig) -> StageGraph:
     ]
     # Ch 11a: the surgery arms' inputs (with segment.in_run=false `run` selects them only through those arms)
     specs.append(StageSpec(SEGMENT, run_segment, needs=["clips"], reads=segment_reads(),
-                           requires=(check_segment_backend,)))
-    specs.append(StageSpec(FACTORIZE, run_factorize, needs=["clips", SEGMENT], reads=factorize_reads()))
+                           requires=(check_segment_backend,), clip_parallel=True))
+    specs.append(StageSpec(FACTORIZE, run_factorize, needs=["clips", SEGMENT], reads=factorize_reads(),
+                           clip_parallel=True))
     # Trained arms read train.* and the data/model settings; the surgery recipe (train.surgery) and the
     # arm switches only where they are used, so e.g. an added ablation does not re-run pretrain.
     common = ["masking", "motion.aux_dims", *model_keys, *data_keys, *augment_keys]

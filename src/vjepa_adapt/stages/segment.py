@@ -3,11 +3,15 @@
 ``segment``: RUN/segment/{masks/<clip>.npz, summary.jsonl, overlay.png}, stage.json extra.truth when
 the clips carry synthetic ground truth. ``factorize``: RUN/factorize/{manifest.jsonl, motion.npz,
 samples_<kind>.png, <kind>/<clip>.mp4 when materialised}. Neither needs V-JEPA weights; the
-classical segment backend needs no model at all.
+classical segment backend needs no model at all. Both are clip-parallel (:mod:`vjepa_adapt.engine`):
+workers compute chunks of clips into parts (they read the clips, and factorize's read segment's masks
+files), this process writes the files from the parts.
 """
 
 from __future__ import annotations
 
+import functools
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -107,63 +111,118 @@ def sampling(cfg: PipelineConfig) -> Any:
     return Sampling(num_frames=cfg.segment.num_frames, short_side=cfg.segment.short_side)
 
 
+def _uses_model(cfg: PipelineConfig) -> bool:
+    return cfg.segment.backend == "sam3"
+
+
 def run_segment(ctx: StageContext) -> StageResult:
-    from vjepa_adapt.data.clips import open_clip
-    from vjepa_adapt.segmentation.stage import (
-        SegmentItem,
-        read_clip_frames,
-        run_segment_stage,
-    )
-    from vjepa_adapt.world import load_truth
+    """Clip-parallel (vjepa_adapt.engine): workers segment chunks of clips, this process writes the files."""
+    from vjepa_adapt.engine import ClipJob, run_configured
+    from vjepa_adapt.segmentation.stage import merge_segment_parts
 
     cfg = ctx.cfg
     clips, _ = _clips_to_process(cfg, ctx.run_dir)
-    samp = sampling(cfg)
-    base = _truth_base(cfg, ctx.run_dir)
-    items = []
-    for c in clips:
-        truth = c.meta.get("truth")
-        truth_path = (Path(truth) if Path(truth).is_absolute() else base / truth) if truth else None
-        items.append(SegmentItem(
-            c.clip_id, lambda c=c: read_clip_frames(open_clip(c), samp, c.start, c.end),
-            truth=(lambda p=truth_path: load_truth(p)) if truth_path is not None and truth_path.exists() else None))
-    result = run_segment_stage(items, build_segmenter(cfg), track_params(cfg), ctx.out_dir, samp, _skip_errors(),
-                               overlay_clips=cfg.segment.overlay_clips)
+    sam3 = _uses_model(cfg)  # a model: loaded once per process / Ray actor, on the run's device
+    job = ClipJob(SEGMENT, clips, cfg.run.chunk_size, ctx.out_dir / "parts",
+                  functools.partial(make_segment_worker, cfg, str(_truth_base(cfg, ctx.run_dir))),
+                  uses_model=sam3, uses_device=sam3)
+    parts = run_configured(job, cfg.run)
+    if parts is None:  # another rank of a torchrun job: rank 0 merges and writes
+        return StageResult()
+    by_id = {c.clip_id: c for c in clips}
+    result = merge_segment_parts(parts, ctx.out_dir, cfg.segment.backend, read=lambda cid: _read(cfg, by_id[cid]),
+                                 overlay_clips=cfg.segment.overlay_clips)
     check_bad_share(result, cfg.data.max_bad_fraction, SEGMENT)
+    shutil.rmtree(job.parts_dir, ignore_errors=True)  # the masks files hold everything the parts did
     return result
 
 
-def run_factorize(ctx: StageContext) -> StageResult:
+def _read(cfg: PipelineConfig, clip: Any) -> Any:
     from vjepa_adapt.data.clips import open_clip
-    from vjepa_adapt.factors import (
-        FactorItem,
-        FactorParams,
-        MotionSettings,
-        run_factorize_stage,
-    )
+    from vjepa_adapt.segmentation.stage import read_clip_frames
+
+    return read_clip_frames(open_clip(clip), sampling(cfg), clip.start, clip.end)
+
+
+def _truth_of(base: Path, clip: Any) -> Any:
+    from vjepa_adapt.world import load_truth
+
+    truth = clip.meta.get("truth")
+    if not truth:
+        return None
+    path = Path(truth) if Path(truth).is_absolute() else base / truth
+    return load_truth(path) if path.exists() else None
+
+
+def make_segment_worker(cfg: PipelineConfig, truth_base: str):
+    """The segment stage's per-chunk work: the segmenter (SAM 3: loaded here, once per process or Ray
+    actor) on each clip's sampled frames, the clip's truth counts when it has synthetic ground truth."""
+    from vjepa_adapt.segmentation.stage import make_segment_work
+
+    return make_segment_work(build_segmenter(cfg), track_params(cfg), sampling(cfg),
+                             read=functools.partial(_read, cfg), truth_of=functools.partial(_truth_of, Path(truth_base)),
+                             skip_errors=_skip_errors())
+
+
+def _factor_params(cfg: PipelineConfig) -> Any:
+    from vjepa_adapt.factors import FactorParams
+
+    f = cfg.factors
+    return FactorParams(num_frames=f.num_frames, max_agent_coverage_layout=f.max_agent_coverage_layout,
+                        min_agent_coverage_agent=f.min_agent_coverage_agent, dilate=f.dilate, feather=f.feather,
+                        blur_sigma=f.blur_sigma, background_level=f.background_level, tube_margin=f.tube_margin,
+                        max_tubes=f.max_tubes)
+
+
+def _segmented(cfg: PipelineConfig, seg_dir: Path, clip: Any) -> tuple[Any, Any]:
+    """A segmented clip's masks (segment's file) and its decoded segmented frames."""
+    from vjepa_adapt.data.clips import open_clip
     from vjepa_adapt.segmentation.masks import load_clip_masks
     from vjepa_adapt.segmentation.stage import masks_path, read_clip_frames
 
-    cfg, f, m = ctx.cfg, ctx.cfg.factors, ctx.cfg.motion
-    clips, splits = _clips_to_process(cfg, ctx.run_dir)
-    seg_dir = ctx.path_of(SEGMENT)
-    samp = sampling(cfg)
-    items = [FactorItem(
-        clip_id=c.clip_id, video_id=c.video_id, split=splits.get(c.clip_id), source_path=c.path,
-        masks=lambda c=c: load_clip_masks(masks_path(seg_dir, c.clip_id)),
-        frames=lambda masks, c=c: _segmented_frames(open_clip(c), samp, c.start, c.end, masks, read_clip_frames))
-        for c in clips if masks_path(seg_dir, c.clip_id).exists()]
-    if not items:
-        raise UserError(f"factorize: no segmented clips in {seg_dir / 'masks'} (run `vjepa-adapt segment` first)")
-    params = FactorParams(num_frames=f.num_frames, max_agent_coverage_layout=f.max_agent_coverage_layout,
-                          min_agent_coverage_agent=f.min_agent_coverage_agent, dilate=f.dilate, feather=f.feather,
-                          blur_sigma=f.blur_sigma, background_level=f.background_level, tube_margin=f.tube_margin,
-                          max_tubes=f.max_tubes)
+    masks = load_clip_masks(masks_path(seg_dir, clip.clip_id))
+    frames = _segmented_frames(open_clip(clip), sampling(cfg), clip.start, clip.end, masks, read_clip_frames)
+    return masks, frames
+
+
+def make_factorize_worker(cfg: PipelineConfig, seg_dir: str, splits: dict[str, str]):
+    """The factorize stage's per-chunk work (reads segment's masks files and the clips, writes nothing)."""
+    from vjepa_adapt.factors import MotionSettings, make_factorize_work
+
+    f, m = cfg.factors, cfg.motion
     device = resolve_device(cfg) if m.backend.startswith("raft") else "cpu"
     motion = MotionSettings(num_pairs=m.num_pairs, backend=m.backend, max_side=m.max_side, device=device)
-    result = run_factorize_stage(items, params, ctx.out_dir, materialise=f.materialise, motion=motion,
-                                 skip_errors=_skip_errors(), fps=f.fps, sample_clips=f.sample_clips)
+    return make_factorize_work(_factor_params(cfg), materialise=f.materialise, motion=motion, fps=f.fps,
+                               segmented=functools.partial(_segmented, cfg, Path(seg_dir)),
+                               split_of=lambda c: splits.get(c.clip_id), skip_errors=_skip_errors())
+
+
+def run_factorize(ctx: StageContext) -> StageResult:
+    """Clip-parallel (vjepa_adapt.engine): workers build chunks of factor clips, this process writes the files."""
+    from vjepa_adapt.engine import ClipJob, run_configured
+    from vjepa_adapt.factors import merge_factor_parts
+    from vjepa_adapt.segmentation.stage import masks_path
+
+    cfg, f = ctx.cfg, ctx.cfg.factors
+    clips, splits = _clips_to_process(cfg, ctx.run_dir)
+    seg_dir = ctx.path_of(SEGMENT)
+    clips = [c for c in clips if masks_path(seg_dir, c.clip_id).exists()]
+    if not clips:
+        raise UserError(f"factorize: no segmented clips in {seg_dir / 'masks'} (run `vjepa-adapt segment` first)")
+    raft = cfg.motion.backend.startswith("raft")  # the factor clips' flow on the run's device
+    job = ClipJob(FACTORIZE, clips, cfg.run.chunk_size, ctx.out_dir / "parts",
+                  functools.partial(make_factorize_worker, cfg, str(seg_dir),
+                                    {c.clip_id: splits.get(c.clip_id) for c in clips}),
+                  uses_model=raft, uses_device=raft)
+    parts = run_configured(job, cfg.run)
+    if parts is None:  # another rank of a torchrun job: rank 0 merges and writes
+        return StageResult()
+    by_id = {c.clip_id: c for c in clips}
+    result = merge_factor_parts(parts, _factor_params(cfg), ctx.out_dir, materialise=f.materialise,
+                                segmented=lambda cid: _segmented(cfg, seg_dir, by_id[cid]),
+                                sample_clips=f.sample_clips)
     check_bad_share(result, cfg.data.max_bad_fraction, FACTORIZE)
+    shutil.rmtree(job.parts_dir, ignore_errors=True)  # the outputs hold everything the parts did
     return result
 
 
