@@ -127,6 +127,19 @@ def _finished(job: ClipJob, chunk: Chunk) -> bool:
     return recorded is not None and recorded.tolist() == [c.clip_id for c in chunk.clips]
 
 
+def pack_bytes(blobs: Sequence[bytes], name: str) -> dict[str, np.ndarray]:
+    """Byte strings -> ``{name}_data`` (uint8, back to back) and ``{name}_offsets`` (len + 1,) int64."""
+    offsets = np.zeros(len(blobs) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(b) for b in blobs]) if blobs else []
+    return {f"{name}_data": np.frombuffer(b"".join(blobs), np.uint8), f"{name}_offsets": offsets}
+
+
+def unpack_bytes(part: dict[str, np.ndarray], name: str) -> list[bytes]:
+    """The byte strings :func:`pack_bytes` packed into ``part``."""
+    data, off = part[f"{name}_data"], part[f"{name}_offsets"]
+    return [data[off[i]:off[i + 1]].tobytes() for i in range(len(off) - 1)]
+
+
 def _save_part(job: ClipJob, chunk: Chunk, part: Part) -> None:
     storage.save_npz(job.part_path(chunk.index), **part,
                      **{CHUNK_CLIPS_KEY: np.asarray([c.clip_id for c in chunk.clips], dtype=str)})

@@ -357,8 +357,8 @@ def make_factorize_work(params: FactorParams, materialise: bool, motion: MotionS
     The sample grids are not in it: the driver rebuilds the few clips they show.
     """
     from vjepa_adapt.data.encode import encode_video
+    from vjepa_adapt.engine import pack_bytes
     from vjepa_adapt.motion.features import FEATURE_NAMES
-    from vjepa_adapt.segmentation.stage import pack_bytes
 
     def work(chunks):
         flat = ((chunk, c) for chunk in chunks for c in chunk.clips)
@@ -424,8 +424,8 @@ def merge_factor_parts(parts: Sequence[dict[str, np.ndarray]], params: FactorPar
     """Write the stage's files from the parts (in chunk order): <kind>/<clip>.mp4 (materialised),
     manifest.jsonl, motion.npz, samples_<kind>.png (``segmented(source clip id)`` -> its masks and
     frames, for the few clips the grids show). Bad clips are skipped with their reason."""
+    from vjepa_adapt.engine import unpack_bytes
     from vjepa_adapt.motion.features import FEATURE_NAMES
-    from vjepa_adapt.segmentation.stage import unpack_bytes
 
     out_dir = Path(out_dir)
     result = StageResult()

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from vjepa_adapt import storage
+from vjepa_adapt.engine import pack_bytes, unpack_bytes
 from vjepa_adapt.progress import get_logger, progress
 from vjepa_adapt.segmentation.clip import Segmenter, TrackParams, segment_clip
 from vjepa_adapt.segmentation.masks import ClipMasks, clip_masks_bytes, load_clip_masks
@@ -161,18 +162,6 @@ class _SegmentAcc:
             "skipped_ids": np.asarray([c for c, _ in self.skipped], dtype=str),
             "skipped_reasons": np.asarray([r for _, r in self.skipped], dtype=str),
         }
-
-
-def pack_bytes(blobs: Sequence[bytes], name: str) -> dict[str, np.ndarray]:
-    """Byte strings -> ``{name}_data`` (uint8, back to back) and ``{name}_offsets`` (len + 1,) int64."""
-    offsets = np.zeros(len(blobs) + 1, np.int64)
-    offsets[1:] = np.cumsum([len(b) for b in blobs]) if blobs else []
-    return {f"{name}_data": np.frombuffer(b"".join(blobs), np.uint8), f"{name}_offsets": offsets}
-
-
-def unpack_bytes(part: dict[str, np.ndarray], name: str) -> list[bytes]:
-    data, off = part[f"{name}_data"], part[f"{name}_offsets"]
-    return [data[off[i]:off[i + 1]].tobytes() for i in range(len(off) - 1)]
 
 
 def merge_segment_parts(parts: Sequence[dict[str, np.ndarray]], out_dir: Path, backend: str,
