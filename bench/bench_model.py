@@ -79,10 +79,11 @@ def make_step(model, teacher, video, ctx, tgt):
     return step
 
 
-def run(crop: int, frames: int, batch: int, iters: int, dtype: str, seed: int) -> dict:
+def _setup(crop: int, frames: int, batch: int, seed: int, attn: str = "sdpa"):
+    """Student, frozen teacher, a random clip batch and a 25-40% context/target split, seeded."""
     torch.manual_seed(seed)
-    model = build_model("tiny", crop_size=crop, frames_per_clip=frames).train()
-    teacher = build_model("tiny", crop_size=crop, frames_per_clip=frames).eval()
+    model = build_model("tiny", crop_size=crop, frames_per_clip=frames, attn_implementation=attn).train()
+    teacher = build_model("tiny", crop_size=crop, frames_per_clip=frames, attn_implementation=attn).eval()
     t, h, w = token_grid(model.config, frames)
     n = t * h * w
     g = torch.Generator().manual_seed(seed)
@@ -90,6 +91,11 @@ def run(crop: int, frames: int, batch: int, iters: int, dtype: str, seed: int) -
     perms = torch.stack([torch.randperm(n, generator=g) for _ in range(batch)])
     ctx, tgt = perms[:, :n_ctx].sort(1).values, perms[:, n_ctx:].sort(1).values
     video = torch.randn(batch, frames, 3, crop, crop, generator=g)
+    return model, teacher, video, ctx, tgt, n, n_ctx
+
+
+def run(crop: int, frames: int, batch: int, iters: int, dtype: str, seed: int) -> dict:
+    model, teacher, video, ctx, tgt, n, n_ctx = _setup(crop, frames, batch, seed)
     step = make_step(model, teacher, video, ctx, tgt)
     with autocast_context("cpu", dtype):
         step()  # warm-up
@@ -104,17 +110,9 @@ def run(crop: int, frames: int, batch: int, iters: int, dtype: str, seed: int) -
 
 def counted_flops(crop: int, frames: int, batch: int, seed: int) -> float:
     """torch.utils.flop_counter total for one fp32 step with eager attention (cross-check)."""
-    torch.manual_seed(seed)
-    model = build_model("tiny", crop_size=crop, frames_per_clip=frames, attn_implementation="eager").train()
-    teacher = build_model("tiny", crop_size=crop, frames_per_clip=frames, attn_implementation="eager").eval()
-    t, h, w = token_grid(model.config, frames)
-    n = t * h * w
-    g = torch.Generator().manual_seed(seed)
-    n_ctx = int(n * (0.25 + 0.15 * torch.rand(1, generator=g).item()))
-    perms = torch.stack([torch.randperm(n, generator=g) for _ in range(batch)])
-    video = torch.randn(batch, frames, 3, crop, crop, generator=g)
+    model, teacher, video, ctx, tgt, _, _ = _setup(crop, frames, batch, seed, attn="eager")
     with FlopCounterMode(display=False) as counter:
-        make_step(model, teacher, video, perms[:, :n_ctx], perms[:, n_ctx:])()
+        make_step(model, teacher, video, ctx, tgt)()
     return float(counter.get_total_flops())
 
 
@@ -122,16 +120,8 @@ def profile_step(crop: int, frames: int, batch: int, seed: int, rows: int = 15) 
     """Operator table of one fp32 step (after two warm-up steps): where the time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.manual_seed(seed)
-    model = build_model("tiny", crop_size=crop, frames_per_clip=frames).train()
-    teacher = build_model("tiny", crop_size=crop, frames_per_clip=frames).eval()
-    t, h, w = token_grid(model.config, frames)
-    n = t * h * w
-    g = torch.Generator().manual_seed(seed)
-    n_ctx = int(n * (0.25 + 0.15 * torch.rand(1, generator=g).item()))
-    perms = torch.stack([torch.randperm(n, generator=g) for _ in range(batch)])
-    step = make_step(model, teacher, torch.randn(batch, frames, 3, crop, crop, generator=g),
-                     perms[:, :n_ctx].sort(1).values, perms[:, n_ctx:].sort(1).values)
+    model, teacher, video, ctx, tgt, n, n_ctx = _setup(crop, frames, batch, seed)
+    step = make_step(model, teacher, video, ctx, tgt)
     step()
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:

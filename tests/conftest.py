@@ -32,6 +32,27 @@ def frame_indices_of(frames: np.ndarray) -> list[int]:
     return [int(v) for v in lo + 16 * hi]
 
 
+def run_stage(cfg, command: str) -> None:
+    """A CLI command on a loaded config, with torch's thread count restored (run.threads sets it)."""
+    import torch
+
+    from vjepa_adapt.stages.graph import run_command
+
+    threads = torch.get_num_threads()
+    try:
+        run_command(cfg, command)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def npz_members(path: str | Path) -> dict[str, bytes]:
+    """Each array of an .npz, as its .npy bytes (the zip's own timestamps are not content)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        return {n: z.read(n) for n in z.namelist()}
+
+
 def write_video(path: str | Path, frames: np.ndarray | int, fps: int = 10, codec: str | None = None,
                 options: dict | None = None) -> Path:
     """Encode ``frames`` (T, H, W, 3) uint8 — or ``indexed_frames(frames)`` when an int — to ``path``."""

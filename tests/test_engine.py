@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import npz_members, run_stage
 
 from vjepa_adapt import engine
 from vjepa_adapt.data.clips import Clip
@@ -50,27 +50,11 @@ def _cfg(world: Path, out: Path, *extra: str):
         "embed.pooled_grid=[1,2,2]", "embed.baselines=[random_init]", "data.max_bad_fraction=0.5", *extra])
 
 
-def _run(cfg, command: str) -> None:
-    from vjepa_adapt.stages.graph import run_command
-
-    threads = torch.get_num_threads()
-    try:
-        run_command(cfg, command)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _npz_members(path: Path) -> dict[str, bytes]:
-    """Each array of an .npz, as its .npy bytes (the zip's own timestamps are not content)."""
-    with zipfile.ZipFile(path) as z:
-        return {n: z.read(n) for n in z.namelist()}
-
-
 def _assert_same_outputs(a: Path, b: Path, files: list[str]) -> None:
     for rel in files:
         pa, pb = a / rel, b / rel
         if rel.endswith(".npz"):
-            assert _npz_members(pa) == _npz_members(pb), rel
+            assert npz_members(pa) == npz_members(pb), rel
         else:
             assert pa.read_bytes() == pb.read_bytes(), rel
 
@@ -88,7 +72,7 @@ OUTPUTS = {"motion": ["motion/features.npz", "motion/labels.csv", "motion/classe
 def local_run(world, tmp_path_factory):
     run = tmp_path_factory.mktemp("local") / "run"
     for command in ("motion", "tag", "embed"):
-        _run(_cfg(world, run), command)
+        run_stage(_cfg(world, run), command)
     return run
 
 
@@ -160,11 +144,11 @@ def test_in_process_motion_crash_then_rerun_computes_only_unfinished_chunks(worl
     monkeypatch.setattr(motion_stage, "extract_motion_features", flaky)
     run = tmp_path / "run"
     with pytest.raises(RuntimeError, match="flow backend crashed"):
-        _run(_cfg(world, run), "motion")
+        run_stage(_cfg(world, run), "motion")
     assert sorted(p.name for p in (run / "motion" / "parts").iterdir()) == ["part-00000.npz"]  # clips 0-2
     calls.clear()
     monkeypatch.setattr(motion_stage, "extract_motion_features", lambda pairs, **kw: (calls.append(1), real(pairs, **kw))[1])
-    _run(_cfg(world, run), "motion")
+    run_stage(_cfg(world, run), "motion")
     assert len(calls) == 16 - 3  # 17 clips, 3 finished before the crash, the bad one never reaches the flow
     _assert_same_outputs(run, local_run, OUTPUTS["motion"])
     assert not (run / "motion" / "parts").exists()
@@ -172,7 +156,7 @@ def test_in_process_motion_crash_then_rerun_computes_only_unfinished_chunks(worl
 
 def test_chunk_size_does_not_change_the_bytes(world, local_run, tmp_path):
     run = tmp_path / "run"
-    _run(_cfg(world, run, "run.chunk_size=5", "embed.chunk_size=16"), "motion")
+    run_stage(_cfg(world, run, "run.chunk_size=5", "embed.chunk_size=16"), "motion")
     _assert_same_outputs(run, local_run, OUTPUTS["motion"])
 
 
@@ -187,7 +171,7 @@ def ray_run(tmp_path_factory):
 @pytest.mark.parametrize("command", ["motion", "tag", "embed"])
 def test_ray_engine_writes_the_in_process_engines_bytes(command, world, local_run, ray_cluster, ray_run):
     # embed: the frozen arm only (each arm starts its own actor pool: ~10 s of worker start-up here)
-    _run(_cfg(world, ray_run, "run.engine=ray", *(["embed.baselines=[]"] if command == "embed" else [])), command)
+    run_stage(_cfg(world, ray_run, "run.engine=ray", *(["embed.baselines=[]"] if command == "embed" else [])), command)
     _assert_same_outputs(ray_run, local_run, OUTPUTS[command][:1] if command == "embed" else OUTPUTS[command])
     for stage in {"motion": ["motion"], "tag": ["tag"], "embed": ["embed/frozen"]}[command]:
         skipped = _skipped(ray_run, stage)
@@ -244,7 +228,7 @@ def _rank_worker(rank: int, world_size: int, port: int, world: str, out: str) ->
 
     dist.init("cpu")
     try:
-        _run(_cfg(Path(world), Path(out)), "embed")
+        run_stage(_cfg(Path(world), Path(out)), "embed")
     finally:
         dist.shutdown()
 

@@ -8,12 +8,12 @@ import functools
 import json
 import os
 import socket
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import npz_members, run_stage
 
 from vjepa_adapt import engine
 from vjepa_adapt.data.clips import Clip
@@ -44,21 +44,6 @@ def _cfg(world: Path, out: Path, *extra: str):
         "factors.sample_clips=2", "motion.num_pairs=4", "data.max_bad_fraction=0.5", "segment.in_run=true", *extra])
 
 
-def _run(cfg, command: str) -> None:
-    from vjepa_adapt.stages.graph import run_command
-
-    threads = torch.get_num_threads()
-    try:
-        run_command(cfg, command)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _npz_members(path: Path) -> dict[str, bytes]:
-    with zipfile.ZipFile(path) as z:
-        return {n: z.read(n) for n in z.namelist()}
-
-
 def _outputs(run: Path) -> list[str]:
     """Every file segment and factorize wrote (masks, factor MP4s, ...) but the stage records."""
     files = [str(p.relative_to(run)) for stage in ("segment", "factorize") for p in (run / stage).rglob("*")
@@ -72,7 +57,7 @@ def _assert_same_outputs(a: Path, b: Path) -> None:
     assert any(f.startswith("segment/masks/") for f in files) and any(f.endswith(".mp4") for f in files)
     for rel in files:
         if rel.endswith(".npz"):  # the zip's own timestamps are not content
-            assert _npz_members(a / rel) == _npz_members(b / rel), rel
+            assert npz_members(a / rel) == npz_members(b / rel), rel
         else:
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     for stage in ("segment", "factorize"):
@@ -86,7 +71,7 @@ def _assert_same_outputs(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def local_run(world, tmp_path_factory):
     run = tmp_path_factory.mktemp("seglocal") / "run"
-    _run(_cfg(world, run), "factorize")  # segment comes along
+    run_stage(_cfg(world, run), "factorize")  # segment comes along
     rec = json.loads((run / "segment" / "stage.json").read_text())
     assert rec["done"] == 8 and [s["clip"] for s in rec["skipped"]] == ["zz_bad"] and "truth" in rec["extra"]
     assert json.loads((run / "factorize" / "stage.json").read_text())["done"] == 8
@@ -110,7 +95,7 @@ def ray_cluster():
 
 def test_cpu_workers_write_the_in_process_bytes(world, local_run, tmp_path):
     run = tmp_path / "run"
-    _run(_cfg(world, run, "run.cpu_workers=2"), "factorize")
+    run_stage(_cfg(world, run, "run.cpu_workers=2"), "factorize")
     _assert_same_outputs(run, local_run)
 
 
@@ -123,11 +108,11 @@ def test_streamed_factorize_in_worker_processes_equals_in_process(world, local_r
         run = tmp_path / f"run{workers}"
         shutil.copytree(local_run / "segment", run / "segment")
         shutil.copytree(local_run / "clips", run / "clips")
-        _run(_cfg(world, run, "factors.materialise=false", f"run.cpu_workers={workers}"), "factorize")
+        run_stage(_cfg(world, run, "factors.materialise=false", f"run.cpu_workers={workers}"), "factorize")
         runs.append(run)
     for name in ("manifest.jsonl", "motion.npz", "samples_layout.png"):
         a, b = runs[0] / "factorize" / name, runs[1] / "factorize" / name
-        assert (_npz_members(a) == _npz_members(b)) if name.endswith(".npz") else a.read_bytes() == b.read_bytes()
+        assert (npz_members(a) == npz_members(b)) if name.endswith(".npz") else a.read_bytes() == b.read_bytes()
     rows = [json.loads(line) for line in (runs[0] / "factorize" / "manifest.jsonl").read_text().splitlines()]
     assert rows and not any(r["materialised"] for r in rows)
     assert not any((runs[1] / "factorize" / k).exists() for k in ("layout", "agent", "interaction"))
@@ -147,19 +132,19 @@ def test_interrupted_segment_resumes_without_recomputing_finished_chunks(world, 
     monkeypatch.setattr(seg_stage, "segment_clip", flaky)
     run = tmp_path / "run"
     with pytest.raises(RuntimeError, match="segmenter crashed"):
-        _run(_cfg(world, run), "segment")
+        run_stage(_cfg(world, run), "segment")
     assert sorted(p.name for p in (run / "segment" / "parts").iterdir()) == ["part-00000.npz"]  # clips 0-2
     assert not (run / "segment" / "masks").exists()  # the driver writes the files from the parts, at the end
     calls.clear()
     monkeypatch.setattr(seg_stage, "segment_clip", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
-    _run(_cfg(world, run), "factorize")
+    run_stage(_cfg(world, run), "factorize")
     assert len(calls) == 8 - 3  # 9 clips, 3 finished before the crash, the bad one never reaches the segmenter
     _assert_same_outputs(run, local_run)
 
 
 def test_segment_and_factorize_on_ray_write_the_in_process_bytes(world, local_run, ray_cluster, tmp_path):
     run = tmp_path / "run"
-    _run(_cfg(world, run, "run.engine=ray"), "factorize")
+    run_stage(_cfg(world, run, "run.engine=ray"), "factorize")
     _assert_same_outputs(run, local_run)
 
 
@@ -177,7 +162,7 @@ def _rank_worker(rank: int, world_size: int, port: int, world: str, out: str) ->
 
     dist.init("cpu")
     try:  # cpu_workers is ignored under torchrun: the ranks already split the chunks
-        _run(_cfg(Path(world), Path(out), "run.cpu_workers=2"), "factorize")
+        run_stage(_cfg(Path(world), Path(out), "run.cpu_workers=2"), "factorize")
     finally:
         dist.shutdown()
 
@@ -273,7 +258,7 @@ def test_sam3_backend_runs_through_the_engine_in_this_process(world, tmp_path, m
     monkeypatch.setattr(seg_adapter, "build_segmenter", build)
     monkeypatch.setattr(seg_adapter, "_uses_model", lambda cfg: True)
     run = tmp_path / "run"
-    _run(_cfg(world, run, "run.cpu_workers=2", "segment.num_frames=4", "run.chunk_size=5"), "segment")
+    run_stage(_cfg(world, run, "run.cpu_workers=2", "segment.num_frames=4", "run.chunk_size=5"), "segment")
     assert made == [os.getpid()]  # one segmenter, made here (the classical backend would have run in workers)
     rec = json.loads((run / "segment" / "stage.json").read_text())
     assert rec["done"] == 8 and [s["clip"] for s in rec["skipped"]] == ["zz_bad"]

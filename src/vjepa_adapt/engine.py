@@ -127,6 +127,13 @@ def _finished(job: ClipJob, chunk: Chunk) -> bool:
     return recorded is not None and recorded.tolist() == [c.clip_id for c in chunk.clips]
 
 
+def clips_of(chunks: Sequence[Chunk], desc: str) -> Iterator[tuple[Chunk, Clip, bool]]:
+    """A worker's clips in order with a progress bar: ``(chunk, clip, last)``, ``last`` when the clip
+    ends its chunk (the worker then yields that chunk's part)."""
+    flat = [(chunk, c, i == len(chunk.clips) - 1) for chunk in chunks for i, c in enumerate(chunk.clips)]
+    yield from progress(flat, desc=desc, total=len(flat), unit="clip")
+
+
 def pack_bytes(blobs: Sequence[bytes], name: str) -> dict[str, np.ndarray]:
     """Byte strings -> ``{name}_data`` (uint8, back to back) and ``{name}_offsets`` (len + 1,) int64."""
     offsets = np.zeros(len(blobs) + 1, np.int64)

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from vjepa_adapt import storage
-from vjepa_adapt.progress import get_logger, progress
+from vjepa_adapt.progress import get_logger
 from vjepa_adapt.segmentation.masks import ClipMasks
 from vjepa_adapt.stage_result import StageResult
 
@@ -357,14 +357,12 @@ def make_factorize_work(params: FactorParams, materialise: bool, motion: MotionS
     The sample grids are not in it: the driver rebuilds the few clips they show.
     """
     from vjepa_adapt.data.encode import encode_video
-    from vjepa_adapt.engine import pack_bytes
+    from vjepa_adapt.engine import clips_of, pack_bytes
     from vjepa_adapt.motion.features import FEATURE_NAMES
 
     def work(chunks):
-        flat = ((chunk, c) for chunk in chunks for c in chunk.clips)
-        left = {chunk.index: len(chunk.clips) for chunk in chunks}
         acc = _new_acc()
-        for chunk, c in progress(flat, desc="factorize", total=sum(left.values()), unit="clip"):
+        for chunk, c, last in clips_of(chunks, "factorize"):
             try:
                 masks, frames = segmented(c)
                 t0 = time.perf_counter()
@@ -396,8 +394,7 @@ def make_factorize_work(params: FactorParams, materialise: bool, motion: MotionS
                 acc["feats"] += feats
                 acc["videos"] += videos
                 acc["done"].append((c.clip_id, seconds))
-            left[chunk.index] -= 1
-            if left[chunk.index] == 0:
+            if last:
                 yield chunk.index, {
                     "rows": np.asarray([json.dumps(r) for r in acc["rows"]], dtype=str),
                     "features": (np.stack(acc["feats"]).astype(np.float32) if acc["feats"]

@@ -186,22 +186,19 @@ def extract_one(
 def make_motion_worker(backend: str, max_side: int | None, device: str, num_pairs: int):
     """``work(chunks) -> (chunk index, part)``; a part is clip_ids, features (N, 23), skipped ids/reasons."""
     from vjepa_adapt.data.clips import open_clip
+    from vjepa_adapt.engine import clips_of
 
     def work(chunks):
-        flat = ((chunk, c) for chunk in chunks for c in chunk.clips)
-        total = sum(len(chunk.clips) for chunk in chunks)
         done: dict[str, np.ndarray] = {}
         skipped: list[tuple[str, str]] = []
-        left = {chunk.index: len(chunk.clips) for chunk in chunks}
-        for chunk, c in progress(flat, desc="motion", total=total, unit="clip"):
+        for chunk, c, last in clips_of(chunks, "motion"):
             src = lambda c=c: read_clip_pairs(open_clip(c), num_pairs=num_pairs, start=c.start, end=c.end)  # noqa: E731
             feats, reason = extract_one(c.clip_id, src, backend=backend, max_side=max_side, device=device)
             if reason is None:
                 done[c.clip_id] = feats
             else:
                 skipped.append((c.clip_id, reason))
-            left[chunk.index] -= 1
-            if left[chunk.index] == 0:
+            if last:
                 yield chunk.index, checkpoint_arrays(done, skipped)
                 done, skipped = {}, []
 

@@ -29,8 +29,8 @@ import cv2
 import numpy as np
 
 from vjepa_adapt import storage
-from vjepa_adapt.engine import pack_bytes, unpack_bytes
-from vjepa_adapt.progress import get_logger, progress
+from vjepa_adapt.engine import clips_of, pack_bytes, unpack_bytes
+from vjepa_adapt.progress import get_logger
 from vjepa_adapt.segmentation.clip import Segmenter, TrackParams, segment_clip
 from vjepa_adapt.segmentation.masks import ClipMasks, clip_masks_bytes, load_clip_masks
 from vjepa_adapt.stage_result import StageResult
@@ -106,10 +106,8 @@ def make_segment_work(segmenter: Segmenter, params: TrackParams, sampling: Sampl
     info = {"num_frames": sampling.num_frames, "short_side": sampling.short_side}
 
     def work(chunks):
-        flat = ((chunk, c) for chunk in chunks for c in chunk.clips)
-        left = {chunk.index: len(chunk.clips) for chunk in chunks}
         acc = _SegmentAcc()
-        for chunk, c in progress(flat, desc="segment", total=sum(left.values()), unit="clip"):
+        for chunk, c, last in clips_of(chunks, "segment"):
             try:
                 t0 = time.perf_counter()
                 frames, idx = read(c)
@@ -125,8 +123,7 @@ def make_segment_work(segmenter: Segmenter, params: TrackParams, sampling: Sampl
                 truth = truth_of(c)
                 counts = score_clip(masks, truth) if truth is not None else None
                 acc.add(c.clip_id, data, summary_row(masks), counts, (t1 - t0, t2 - t1))
-            left[chunk.index] -= 1
-            if left[chunk.index] == 0:
+            if last:
                 yield chunk.index, acc.part(COUNT_KEYS)
                 acc = _SegmentAcc()
 

@@ -180,15 +180,14 @@ def make_tag_work(backend: TagBackend, taxonomy: Taxonomy, read: Callable[[Any],
     """``work(chunks) -> (chunk index, part)`` for :mod:`vjepa_adapt.engine`; ``read(clip)`` decodes a clip
     (its VideoError becomes the clip's 'unreadable' reason). A part: rows (JSON lines), skipped ids/reasons."""
     from vjepa_adapt.data.video import VideoError
+    from vjepa_adapt.engine import clips_of
 
     expected = expected_fields(backend, taxonomy)
 
     def work(chunks):
-        flat = ((chunk, c) for chunk in chunks for c in chunk.clips)
-        left = {chunk.index: len(chunk.clips) for chunk in chunks}
         rows: list[dict] = []
         skipped: list[tuple[str, str]] = []
-        for chunk, c in progress(flat, desc="tag", total=sum(left.values()), unit="clip"):
+        for chunk, c, last in clips_of(chunks, "tag"):
             try:
                 frames: Any = read(c)
             except VideoError as e:
@@ -198,8 +197,7 @@ def make_tag_work(backend: TagBackend, taxonomy: Taxonomy, read: Callable[[Any],
                 skipped.append((c.clip_id, reason))
             else:
                 rows.append(row)
-            left[chunk.index] -= 1
-            if left[chunk.index] == 0:
+            if last:
                 yield chunk.index, {
                     "rows": np.asarray([json.dumps(r, default=_json_default) for r in rows], dtype=str),
                     "skipped_ids": np.asarray([i for i, _ in skipped], dtype=str),
